@@ -1,0 +1,28 @@
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+const nodeModules = ['fs', 'path', 'os', 'zlib', 'child_process', 'crypto', 'events', 'stream', 'util', 'url', 'worker_threads', 'buffer', 'net'];
+const platformNeutral = ['block-core', 'driver-qcow2', 'filter-cor', 'job-mirror'];
+
+export default tseslint.config(
+  { ignores: ['**/dist/**', '**/build/**', '**/node_modules/**', '**/*.d.ts'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/no-explicit-any': 'off',
+      'no-constant-condition': ['error', { checkLoops: false }],
+    },
+  },
+  {
+    // Platform-neutral packages must run in a browser: no Node built-ins outside their `node/` entries.
+    files: platformNeutral.map((p) => `packages/${p}/src/**/*.ts`),
+    ignores: platformNeutral.map((p) => `packages/${p}/src/node/**`),
+    rules: {
+      'no-restricted-imports': ['error', {
+        patterns: [{ group: ['node:*', ...nodeModules], message: 'platform-neutral package: no Node built-ins (put Node-only code behind the node entry)' }],
+      }],
+    },
+  },
+);
