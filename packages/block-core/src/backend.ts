@@ -1,0 +1,230 @@
+import type { Child, ChildParent } from './child.js';
+import { BlockError } from './errors.js';
+import type { ReqFlags } from './flags.js';
+import type { Graph } from './graph.js';
+import { IOVector } from './iovec.js';
+import type { BlockNode } from './node.js';
+import { Perm, PERM_ALL, type PermBits } from './perm.js';
+import { refreshPerms, setEdgePerms } from './permission.js';
+import type { PreallocMode } from './spec.js';
+import { Transaction } from './transaction.js';
+import { WaitQueue } from './wait-queue.js';
+import type { BlockStatusResult } from './block-status.js';
+
+export interface BackendOptions {
+  /** Device name; shows in permission errors as "block device 'name'". */
+  name?: string;
+  /** Default: consistent read (+ write and resize unless the node is read-only). */
+  perm?: PermBits;
+  /** Default: consistent read and write unchanged (QEMU's BDRV_O_NO_SHARE for tools). */
+  shared?: PermBits;
+  /** Let writes extend the node (the image may grow); otherwise requests past the end fail with EIO. */
+  allowBeyondEof?: boolean;
+  /** Requests are not queued during drained sections (jobs use this for their own backends). */
+  disableRequestQueuing?: boolean;
+  /** Who this backend belongs to, for messages ("mirror job 'j'"); default "block device"/"unnamed block device". */
+  describe?: string;
+}
+
+/** The handle an application, export or job does I/O through (BlockBackend): a root edge with its own perms. */
+export class BlockBackend implements ChildParent {
+  readonly parentKind = 'backend' as const;
+  readonly name: string | undefined;
+  root: Child | null = null;
+  perm: PermBits;
+  shared: PermBits;
+  private readonly allowBeyondEof: boolean;
+  private readonly disableRequestQueuing: boolean;
+  private readonly description: string | undefined;
+  private quiesceCounter = 0;
+  private readonly resumed = new WaitQueue();
+  inFlight = 0;
+
+  constructor(
+    readonly graph: Graph,
+    opts: BackendOptions = {},
+  ) {
+    this.name = opts.name;
+    this.perm = opts.perm ?? -1;
+    this.shared = opts.shared ?? Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED;
+    this.allowBeyondEof = opts.allowBeyondEof ?? false;
+    this.disableRequestQueuing = opts.disableRequestQueuing ?? false;
+    this.description = opts.describe;
+  }
+
+  describeParent(): string {
+    if (this.description) return this.description;
+    return this.name ? `block device '${this.name}'` : 'unnamed block device';
+  }
+
+  get node(): BlockNode {
+    if (!this.root) throw new BlockError('ENOMEDIUM', 'No medium inserted');
+    return this.root.node;
+  }
+
+  /** Attach to `node` with this backend's perms; refused (and nothing changes) on a permission conflict. */
+  insert(node: BlockNode): void {
+    if (this.root) throw new BlockError('EBUSY', 'Backend already has a node');
+    if (this.perm === -1) this.perm = Perm.CONSISTENT_READ | (node.readOnly ? 0 : Perm.WRITE | Perm.RESIZE);
+    Transaction.run((tran) => {
+      const c = this.graph.attachEdge(this, node, 'root', 0, tran);
+      setEdgePerms(c, { perm: this.perm, shared: this.shared }, tran);
+      refreshPerms([node], tran);
+      this.root = c;
+      tran.add({ abort: () => (this.root = null) });
+    });
+    this.graph.backends.add(this);
+  }
+
+  /** Detach from the node (blk_remove_bs); its perms are released. */
+  remove(): void {
+    const c = this.root;
+    this.graph.backends.delete(this);
+    if (!c) return;
+    this.graph.detachEdge(c);
+    this.root = null;
+    if (!c.node.closed) Transaction.run((tran) => refreshPerms([c.node], tran));
+  }
+
+  /** Change what this backend uses and shares; on conflict nothing changes. */
+  setPerm(perm: PermBits, shared: PermBits): void {
+    const c = this.root;
+    if (!c) {
+      this.perm = perm;
+      this.shared = shared;
+      return;
+    }
+    Transaction.run((tran) => {
+      setEdgePerms(c, { perm, shared }, tran);
+      refreshPerms([c.node], tran);
+    });
+    this.perm = perm;
+    this.shared = shared;
+  }
+
+  // --- drain ---------------------------------------------------------------------------------------------
+
+  drainedBegin(): void {
+    this.quiesceCounter++;
+  }
+
+  drainedEnd(): void {
+    if (--this.quiesceCounter === 0) this.resumed.wakeAll();
+  }
+
+  drainedPoll(): boolean {
+    return this.inFlight > 0;
+  }
+
+  private async enter(offset: number, bytes: number, write: boolean): Promise<Child> {
+    while (this.quiesceCounter > 0 && !this.disableRequestQueuing) await this.resumed.wait();
+    const c = this.root;
+    if (!c) throw new BlockError('ENOMEDIUM', 'No medium inserted');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
+      throw new BlockError('EIO', `Invalid request: offset ${offset}, length ${bytes}`);
+    }
+    if (!(write && this.allowBeyondEof)) {
+      const len = c.node.totalBytes;
+      if (offset > len || len - offset < bytes) {
+        throw new BlockError('EIO', `Request [${offset}, +${bytes}) is beyond the end of the device (${len} bytes)`);
+      }
+    }
+    this.inFlight++;
+    return c;
+  }
+
+  private leave(): void {
+    if (--this.inFlight === 0) this.graph.kick();
+  }
+
+  async preadv(offset: number, bytes: number, qiov: IOVector | null, flags: ReqFlags = 0): Promise<void> {
+    const c = await this.enter(offset, bytes, false);
+    try {
+      await c.preadv(offset, bytes, qiov, flags);
+    } finally {
+      this.leave();
+    }
+  }
+
+  async pread(offset: number, buf: Uint8Array, flags: ReqFlags = 0): Promise<Uint8Array> {
+    await this.preadv(offset, buf.byteLength, IOVector.of(buf), flags);
+    return buf;
+  }
+
+  /** Read `bytes` bytes into a new buffer. */
+  async read(offset: number, bytes: number, flags: ReqFlags = 0): Promise<Uint8Array> {
+    return this.pread(offset, new Uint8Array(bytes), flags);
+  }
+
+  async pwritev(offset: number, bytes: number, qiov: IOVector, flags: ReqFlags = 0): Promise<void> {
+    const c = await this.enter(offset, bytes, true);
+    try {
+      await c.pwritev(offset, bytes, qiov, flags);
+    } finally {
+      this.leave();
+    }
+  }
+
+  pwrite(offset: number, buf: Uint8Array, flags: ReqFlags = 0): Promise<void> {
+    return this.pwritev(offset, buf.byteLength, IOVector.of(buf), flags);
+  }
+
+  async pwriteZeroes(offset: number, bytes: number, flags: ReqFlags = 0): Promise<void> {
+    const c = await this.enter(offset, bytes, true);
+    try {
+      await c.pwriteZeroes(offset, bytes, flags);
+    } finally {
+      this.leave();
+    }
+  }
+
+  async pwritevCompressed(offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    const c = await this.enter(offset, bytes, true);
+    try {
+      await c.pwritevCompressed(offset, bytes, qiov);
+    } finally {
+      this.leave();
+    }
+  }
+
+  async pdiscard(offset: number, bytes: number): Promise<void> {
+    const c = await this.enter(offset, bytes, true);
+    try {
+      await c.pdiscard(offset, bytes);
+    } finally {
+      this.leave();
+    }
+  }
+
+  async flush(): Promise<void> {
+    const c = await this.enter(0, 0, false);
+    try {
+      await c.flush();
+    } finally {
+      this.leave();
+    }
+  }
+
+  async truncate(offset: number, exact = true, prealloc: PreallocMode = 'off', flags: ReqFlags = 0): Promise<void> {
+    const c = await this.enter(0, 0, false);
+    try {
+      await c.truncate(offset, exact, prealloc, flags);
+    } finally {
+      this.leave();
+    }
+  }
+
+  async blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatusResult> {
+    const c = await this.enter(0, 0, false);
+    try {
+      return await c.blockStatus(offset, bytes, wantZero);
+    } finally {
+      this.leave();
+    }
+  }
+
+  getLength(): number {
+    return this.node.totalBytes;
+  }
+}
+

@@ -1,0 +1,170 @@
+import { BlockError } from './errors.js';
+
+/**
+ * Driver options are described by a small schema so that every driver rejects unknown or malformed options
+ * the same way, with a message naming the option. Values may arrive typed (TypeScript API, JSON) or as strings
+ * (`-o key=value`, `--image-opts` dotted keys); strings are converted here.
+ */
+export type OptionSpec =
+  | { type: 'string'; description?: string; required?: boolean; default?: string }
+  | { type: 'boolean'; description?: string; required?: boolean; default?: boolean }
+  | { type: 'integer'; description?: string; required?: boolean; default?: number; min?: number; max?: number }
+  | { type: 'size'; description?: string; required?: boolean; default?: number; min?: number; max?: number }
+  | { type: 'enum'; values: readonly string[]; description?: string; required?: boolean; default?: string }
+  /** A child reference: a node name or a nested options object (QAPI BlockdevRef). */
+  | { type: 'ref'; description?: string; required?: boolean; nullable?: boolean }
+  /** Free-form nested object, validated by the driver itself. */
+  | { type: 'object'; description?: string; required?: boolean };
+
+export type OptionSchema = Readonly<Record<string, OptionSpec>>;
+export type Options = Record<string, unknown>;
+
+/** `l2-cache-size` → `l2CacheSize`; keys already in camelCase stay as they are. */
+export function camelCase(key: string): string {
+  return key.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** `l2CacheSize` → `l2-cache-size`: QEMU's spelling, used in messages. */
+export function kebabCase(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+/**
+ * Turn QEMU-style option objects (kebab-case keys, dotted keys such as `file.filename`) into nested camelCase
+ * objects. Works recursively on nested references.
+ */
+export function normaliseOptions(input: Options): Options {
+  const out: Options = {};
+  for (const [rawKey, value] of Object.entries(input)) {
+    if (value === undefined) continue;
+    const path = rawKey.split('.').map(camelCase);
+    let target = out;
+    for (let i = 0; i < path.length - 1; i++) {
+      const k = path[i]!;
+      const cur = target[k];
+      if (cur === undefined || typeof cur !== 'object' || cur === null) {
+        if (typeof cur === 'string') {
+          throw new BlockError('EINVAL', `Cannot set '${rawKey}': '${kebabCase(path.slice(0, i + 1).join('.'))}' is a node reference`);
+        }
+        target[k] = {};
+      }
+      target = target[k] as Options;
+    }
+    const last = path[path.length - 1]!;
+    const v = value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array)
+      ? normaliseOptions(value as Options)
+      : value;
+    if (typeof target[last] === 'object' && target[last] !== null && typeof v === 'object' && v !== null) {
+      target[last] = { ...(target[last] as Options), ...(v as Options) };
+    } else {
+      target[last] = v;
+    }
+  }
+  return out;
+}
+
+const SIZE_SUFFIX: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+
+/** qemu-img's size syntax: "64M", "1.5G", "512", "4k" (binary units). Returns NaN when malformed. */
+export function parseSize(text: string): number {
+  const m = /^\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgtpeBKMGTPE]?)\s*$/.exec(text);
+  if (!m) return NaN;
+  const n = Number(m[1]) * SIZE_SUFFIX[m[2]!.toLowerCase()]!;
+  if (!Number.isFinite(n)) return NaN;
+  return Math.floor(n);
+}
+
+function parseBool(v: unknown): boolean | undefined {
+  if (typeof v === 'boolean') return v;
+  if (v === 'on' || v === 'true' || v === 'yes') return true;
+  if (v === 'off' || v === 'false' || v === 'no') return false;
+  return undefined;
+}
+
+function describe(spec: OptionSpec): string {
+  switch (spec.type) {
+    case 'boolean':
+      return "'on' or 'off'";
+    case 'integer':
+      return 'an integer';
+    case 'size':
+      return 'a size value';
+    case 'enum':
+      return spec.values.map((v) => `'${v}'`).join(', ');
+    case 'string':
+      return 'a string';
+    case 'ref':
+      return 'a node name or an options object';
+    case 'object':
+      return 'an object';
+  }
+}
+
+export function convertOption(name: string, spec: OptionSpec, value: unknown): unknown {
+  const bad = (): never => {
+    throw new BlockError('EINVAL', `Parameter '${kebabCase(name)}' expects ${describe(spec)}`);
+  };
+  switch (spec.type) {
+    case 'string':
+      if (typeof value === 'string') return value;
+      if (typeof value === 'number') return String(value);
+      return bad();
+    case 'boolean': {
+      const b = parseBool(value);
+      return b === undefined ? bad() : b;
+    }
+    case 'integer':
+    case 'size': {
+      let n: number;
+      if (typeof value === 'number') n = value;
+      else if (typeof value === 'string') n = spec.type === 'size' ? parseSize(value) : /^-?[0-9]+$/.test(value.trim()) ? Number(value) : NaN;
+      else return bad();
+      if (!Number.isSafeInteger(n)) return bad();
+      if (spec.min !== undefined && n < spec.min) {
+        throw new BlockError('EINVAL', `Parameter '${kebabCase(name)}' must be at least ${spec.min}`);
+      }
+      if (spec.max !== undefined && n > spec.max) {
+        throw new BlockError('EINVAL', `Parameter '${kebabCase(name)}' must be at most ${spec.max}`);
+      }
+      return n;
+    }
+    case 'enum':
+      if (typeof value === 'string' && spec.values.includes(value)) return value;
+      if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') {
+        throw new BlockError('EINVAL', `Parameter '${kebabCase(name)}' does not accept value '${String(value)}'`);
+      }
+      return bad();
+    case 'ref':
+      if (value === null && spec.nullable) return null;
+      if (typeof value === 'string' || (typeof value === 'object' && value !== null && !Array.isArray(value))) return value;
+      return bad();
+    case 'object':
+      if (typeof value === 'object' && value !== null) return value;
+      return bad();
+  }
+}
+
+/**
+ * Validate `options` against `schema`: convert strings, apply defaults, reject unknown keys and missing
+ * required ones. `unknown` words the unknown-option error, e.g. "Block format 'qcow2' does not support the
+ * option 'x'" (QEMU's text).
+ */
+export function validateOptions(
+  schema: OptionSchema,
+  options: Options,
+  unknown: (key: string) => string = (k) => `Invalid parameter '${k}'`,
+): Options {
+  const out: Options = {};
+  for (const [key, value] of Object.entries(options)) {
+    const spec = schema[key];
+    if (!spec) throw new BlockError('EINVAL', unknown(kebabCase(key)));
+    if (value === undefined) continue;
+    out[key] = convertOption(key, spec, value);
+  }
+  for (const [key, spec] of Object.entries(schema)) {
+    if (out[key] !== undefined) continue;
+    if ('default' in spec && spec.default !== undefined) out[key] = spec.default;
+    else if (spec.required) throw new BlockError('EINVAL', `Parameter '${kebabCase(key)}' is required`);
+  }
+  return out;
+}
