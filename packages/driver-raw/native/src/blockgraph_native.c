@@ -1,0 +1,504 @@
+/*
+ * The few system calls Node's fs module lacks and the file protocol needs:
+ * SEEK_DATA/SEEK_HOLE for block status, fallocate for preallocation, discard
+ * and write-zeroes, and byte-range locks for QEMU's image-locking protocol.
+ *
+ * Every function is synchronous and cheap (a single system call), so there is
+ * no thread-pool round trip. Failures throw an Error whose `code` is the errno
+ * name, the same shape as Node's own fs errors.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <linux/falloc.h>
+#endif
+
+#include <node_api.h>
+
+#define BLOCKGRAPH_NATIVE_VERSION "1.0.0"
+
+/* Offsets arrive as JS numbers; beyond 2^53 they are no longer exact. */
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+typedef enum {
+    LOCK_KIND_OFD,
+    LOCK_KIND_POSIX,
+} LockKind;
+
+typedef struct {
+    /* What the kernel offers, probed once per environment. */
+    LockKind available;
+    /* What lock calls use; differs from `available` only when forced. */
+    LockKind active;
+} AddonState;
+
+static const char *errno_name(int err)
+{
+    switch (err) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EINTR: return "EINTR";
+    case EIO: return "EIO";
+    case ENXIO: return "ENXIO";
+    case EBADF: return "EBADF";
+    case EAGAIN: return "EAGAIN";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFAULT: return "EFAULT";
+    case EBUSY: return "EBUSY";
+    case EEXIST: return "EEXIST";
+    case ENODEV: return "ENODEV";
+    case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL";
+    case ETXTBSY: return "ETXTBSY";
+    case EFBIG: return "EFBIG";
+    case ENOSPC: return "ENOSPC";
+    case ESPIPE: return "ESPIPE";
+    case EROFS: return "EROFS";
+    case EDEADLK: return "EDEADLK";
+    case ENOLCK: return "ENOLCK";
+    case ENOSYS: return "ENOSYS";
+    case EOVERFLOW: return "EOVERFLOW";
+    /* On Linux ENOTSUP == EOPNOTSUPP; fallocate(2) documents the latter. */
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+#if defined(ENOTSUP) && ENOTSUP != EOPNOTSUPP
+    case ENOTSUP: return "ENOTSUP";
+#endif
+    default: return NULL;
+    }
+}
+
+static void throw_errno(napi_env env, int err, const char *syscall)
+{
+    char code_buf[16];
+    const char *code = errno_name(err);
+    if (code == NULL) {
+        snprintf(code_buf, sizeof(code_buf), "E%d", err);
+        code = code_buf;
+    }
+
+    char message[256];
+    snprintf(message, sizeof(message), "%s: %s, %s", code, strerror(err), syscall);
+
+    napi_value code_value, message_value, error, errno_value, syscall_value, description_value;
+    if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value) != napi_ok ||
+        napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value) != napi_ok ||
+        napi_create_error(env, code_value, message_value, &error) != napi_ok) {
+        napi_throw_error(env, code, message);
+        return;
+    }
+    /* Node's fs errors carry a negative errno and the syscall; match them. */
+    if (napi_create_int32(env, -err, &errno_value) == napi_ok) {
+        napi_set_named_property(env, error, "errno", errno_value);
+    }
+    if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value) == napi_ok) {
+        napi_set_named_property(env, error, "syscall", syscall_value);
+    }
+    /* strerror() alone, for callers that format errors QEMU's way ("...: %s"). */
+    if (napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &description_value) == napi_ok) {
+        napi_set_named_property(env, error, "description", description_value);
+    }
+    napi_throw(env, error);
+}
+
+static void throw_arg_error(napi_env env, const char *message)
+{
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+}
+
+static bool get_args(napi_env env, napi_callback_info info, size_t expected,
+                     napi_value *argv)
+{
+    size_t argc = expected;
+    if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+        napi_throw_error(env, NULL, "napi_get_cb_info failed");
+        return false;
+    }
+    if (argc < expected) {
+        char message[64];
+        snprintf(message, sizeof(message), "expected %zu arguments, got %zu", expected, argc);
+        throw_arg_error(env, message);
+        return false;
+    }
+    return true;
+}
+
+/* An integral JS number within ±(2^53 - 1); `what` names it in the error. */
+static bool get_integer(napi_env env, napi_value value, const char *what, int64_t *out)
+{
+    double d;
+    if (napi_get_value_double(env, value, &d) != napi_ok) {
+        char message[96];
+        snprintf(message, sizeof(message), "%s must be a number", what);
+        throw_arg_error(env, message);
+        return false;
+    }
+    if (!isfinite(d) || trunc(d) != d || fabs(d) > MAX_SAFE_INTEGER) {
+        char message[96];
+        snprintf(message, sizeof(message), "%s must be a safe integer", what);
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", message);
+        return false;
+    }
+    *out = (int64_t)d;
+    return true;
+}
+
+static bool get_fd(napi_env env, napi_value value, int *out)
+{
+    int64_t fd;
+    if (!get_integer(env, value, "fd", &fd)) {
+        return false;
+    }
+    if (fd < INT_MIN || fd > INT_MAX) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd is out of range");
+        return false;
+    }
+    *out = (int)fd;
+    return true;
+}
+
+static napi_value make_number(napi_env env, double value)
+{
+    napi_value result;
+    if (napi_create_double(env, value, &result) != napi_ok) {
+        napi_throw_error(env, NULL, "napi_create_double failed");
+        return NULL;
+    }
+    return result;
+}
+
+static napi_value make_boolean(napi_env env, bool value)
+{
+    napi_value result;
+    if (napi_get_boolean(env, value, &result) != napi_ok) {
+        napi_throw_error(env, NULL, "napi_get_boolean failed");
+        return NULL;
+    }
+    return result;
+}
+
+static napi_value seek(napi_env env, napi_callback_info info, int whence,
+                       const char *syscall)
+{
+    napi_value argv[2];
+    int fd;
+    int64_t offset;
+    if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
+        !get_integer(env, argv[1], "offset", &offset)) {
+        return NULL;
+    }
+    off_t result = lseek(fd, (off_t)offset, whence);
+    if (result < 0) {
+        /* ENXIO: no data (or hole) at or after offset, e.g. past EOF. */
+        if (errno == ENXIO) {
+            return make_number(env, -1);
+        }
+        throw_errno(env, errno, syscall);
+        return NULL;
+    }
+    return make_number(env, (double)result);
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info)
+{
+#ifdef SEEK_DATA
+    return seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+#else
+    throw_errno(env, ENOSYS, "lseek(SEEK_DATA)");
+    return NULL;
+#endif
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info)
+{
+#ifdef SEEK_HOLE
+    return seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+#else
+    throw_errno(env, ENOSYS, "lseek(SEEK_HOLE)");
+    return NULL;
+#endif
+}
+
+static napi_value do_fallocate(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4];
+    int fd;
+    int64_t mode, offset, length;
+    if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], &fd) ||
+        !get_integer(env, argv[1], "mode", &mode) ||
+        !get_integer(env, argv[2], "offset", &offset) ||
+        !get_integer(env, argv[3], "length", &length)) {
+        return NULL;
+    }
+    if (mode < 0 || mode > INT_MAX) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "mode is out of range");
+        return NULL;
+    }
+#ifdef __linux__
+    int ret;
+    do {
+        ret = fallocate(fd, (int)mode, (off_t)offset, (off_t)length);
+    } while (ret < 0 && errno == EINTR);
+    if (ret < 0) {
+        throw_errno(env, errno, "fallocate");
+    }
+#else
+    throw_errno(env, ENOSYS, "fallocate");
+#endif
+    return NULL;
+}
+
+static AddonState *get_state(napi_env env)
+{
+    AddonState *state = NULL;
+    if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
+        napi_throw_error(env, NULL, "blockgraph_native: missing instance data");
+        return NULL;
+    }
+    return state;
+}
+
+/* QEMU's qemu_probe_lock_ops(): ask F_OFD_GETLK about /dev/null. */
+static LockKind probe_lock_kind(void)
+{
+#ifdef F_OFD_GETLK
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        return LOCK_KIND_POSIX;
+    }
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_whence = SEEK_SET;
+    fl.l_type = F_WRLCK;
+    int ret = fcntl(fd, F_OFD_GETLK, &fl);
+    close(fd);
+    return ret == 0 ? LOCK_KIND_OFD : LOCK_KIND_POSIX;
+#else
+    return LOCK_KIND_POSIX;
+#endif
+}
+
+static bool get_lock_type(napi_env env, napi_value value, bool allow_unlock, short *out)
+{
+    char buf[4];
+    size_t len = 0;
+    if (napi_get_value_string_utf8(env, value, buf, sizeof(buf), &len) != napi_ok) {
+        throw_arg_error(env, "type must be a string");
+        return false;
+    }
+    if (len == 1 && buf[0] == 'r') {
+        *out = F_RDLCK;
+        return true;
+    }
+    if (len == 1 && buf[0] == 'w') {
+        *out = F_WRLCK;
+        return true;
+    }
+    if (allow_unlock && len == 1 && buf[0] == 'u') {
+        *out = F_UNLCK;
+        return true;
+    }
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE",
+                          allow_unlock ? "type must be 'r', 'w' or 'u'" : "type must be 'r' or 'w'");
+    return false;
+}
+
+static bool get_lock_args(napi_env env, napi_callback_info info, bool allow_unlock,
+                          int *fd, struct flock *fl)
+{
+    napi_value argv[4];
+    int64_t start, len;
+    short type;
+    if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], fd) ||
+        !get_integer(env, argv[1], "start", &start) ||
+        !get_integer(env, argv[2], "len", &len) ||
+        !get_lock_type(env, argv[3], allow_unlock, &type)) {
+        return false;
+    }
+    memset(fl, 0, sizeof(*fl));
+    fl->l_type = type;
+    fl->l_whence = SEEK_SET;
+    fl->l_start = (off_t)start;
+    fl->l_len = (off_t)len;
+    return true;
+}
+
+static napi_value ofd_lock(napi_env env, napi_callback_info info)
+{
+    AddonState *state = get_state(env);
+    int fd;
+    struct flock fl;
+    if (state == NULL || !get_lock_args(env, info, true, &fd, &fl)) {
+        return NULL;
+    }
+    int cmd = F_SETLK;
+    const char *syscall = "fcntl(F_SETLK)";
+#ifdef F_OFD_SETLK
+    if (state->active == LOCK_KIND_OFD) {
+        cmd = F_OFD_SETLK;
+        syscall = "fcntl(F_OFD_SETLK)";
+    }
+#endif
+    int ret;
+    do {
+        ret = fcntl(fd, cmd, &fl);
+    } while (ret < 0 && errno == EINTR);
+    if (ret < 0) {
+        throw_errno(env, errno, syscall);
+    }
+    return NULL;
+}
+
+static napi_value ofd_test(napi_env env, napi_callback_info info)
+{
+    AddonState *state = get_state(env);
+    int fd;
+    struct flock fl;
+    if (state == NULL || !get_lock_args(env, info, false, &fd, &fl)) {
+        return NULL;
+    }
+    int cmd = F_GETLK;
+    const char *syscall = "fcntl(F_GETLK)";
+#ifdef F_OFD_GETLK
+    if (state->active == LOCK_KIND_OFD) {
+        cmd = F_OFD_GETLK;
+        syscall = "fcntl(F_OFD_GETLK)";
+    }
+#endif
+    int ret;
+    do {
+        ret = fcntl(fd, cmd, &fl);
+    } while (ret < 0 && errno == EINTR);
+    if (ret < 0) {
+        throw_errno(env, errno, syscall);
+        return NULL;
+    }
+    return make_boolean(env, fl.l_type == F_UNLCK);
+}
+
+static napi_value lock_kind_value(napi_env env, LockKind kind)
+{
+    napi_value result;
+    const char *name = kind == LOCK_KIND_OFD ? "ofd" : "posix";
+    if (napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &result) != napi_ok) {
+        napi_throw_error(env, NULL, "napi_create_string_utf8 failed");
+        return NULL;
+    }
+    return result;
+}
+
+static napi_value get_lock_kind(napi_env env, napi_callback_info info)
+{
+    AddonState *state = get_state(env);
+    return state == NULL ? NULL : lock_kind_value(env, state->active);
+}
+
+/*
+ * Lets tests exercise the POSIX fallback on kernels that have OFD locks.
+ * Asking for OFD locks where the kernel has none fails with EOPNOTSUPP.
+ */
+static napi_value set_lock_kind(napi_env env, napi_callback_info info)
+{
+    AddonState *state = get_state(env);
+    napi_value argv[1];
+    if (state == NULL || !get_args(env, info, 1, argv)) {
+        return NULL;
+    }
+    char buf[8];
+    size_t len = 0;
+    if (napi_get_value_string_utf8(env, argv[0], buf, sizeof(buf), &len) != napi_ok) {
+        throw_arg_error(env, "kind must be a string");
+        return NULL;
+    }
+    if (strcmp(buf, "posix") == 0) {
+        state->active = LOCK_KIND_POSIX;
+    } else if (strcmp(buf, "ofd") == 0) {
+        if (state->available != LOCK_KIND_OFD) {
+            throw_errno(env, EOPNOTSUPP, "fcntl(F_OFD_GETLK)");
+            return NULL;
+        }
+        state->active = LOCK_KIND_OFD;
+    } else {
+        napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", "kind must be 'ofd' or 'posix'");
+    }
+    return NULL;
+}
+
+static void free_state(napi_env env, void *data, void *hint)
+{
+    free(data);
+}
+
+static bool export_function(napi_env env, napi_value exports, const char *name, napi_callback cb)
+{
+    napi_value fn;
+    return napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn) == napi_ok &&
+           napi_set_named_property(env, exports, name, fn) == napi_ok;
+}
+
+static bool export_int(napi_env env, napi_value exports, const char *name, int32_t value)
+{
+    napi_value v;
+    return napi_create_int32(env, value, &v) == napi_ok &&
+           napi_set_named_property(env, exports, name, v) == napi_ok;
+}
+
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+#ifndef FALLOC_FL_ZERO_RANGE
+#define FALLOC_FL_ZERO_RANGE 0x10
+#endif
+
+NAPI_MODULE_INIT()
+{
+    AddonState *state = calloc(1, sizeof(*state));
+    if (state == NULL) {
+        napi_throw_error(env, "ENOMEM", "blockgraph_native: out of memory");
+        return NULL;
+    }
+    state->available = probe_lock_kind();
+    state->active = state->available;
+    if (napi_set_instance_data(env, state, free_state, NULL) != napi_ok) {
+        free(state);
+        napi_throw_error(env, NULL, "blockgraph_native: napi_set_instance_data failed");
+        return NULL;
+    }
+
+    napi_value version;
+    bool ok = napi_create_string_utf8(env, BLOCKGRAPH_NATIVE_VERSION, NAPI_AUTO_LENGTH,
+                                      &version) == napi_ok &&
+              napi_set_named_property(env, exports, "version", version) == napi_ok &&
+              export_int(env, exports, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE) &&
+              export_int(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE) &&
+              export_int(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE) &&
+              export_function(env, exports, "seekData", seek_data) &&
+              export_function(env, exports, "seekHole", seek_hole) &&
+              export_function(env, exports, "fallocate", do_fallocate) &&
+              export_function(env, exports, "ofdLock", ofd_lock) &&
+              export_function(env, exports, "ofdTest", ofd_test) &&
+              export_function(env, exports, "lockKind", get_lock_kind) &&
+              export_function(env, exports, "setLockKind", set_lock_kind);
+    if (!ok) {
+        napi_throw_error(env, NULL, "blockgraph_native: failed to build exports");
+        return NULL;
+    }
+    return exports;
+}

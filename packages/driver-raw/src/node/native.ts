@@ -1,0 +1,127 @@
+/**
+ * Loader for the optional native helper (native/src/blockgraph_native.c), built at install time by
+ * scripts/build-native.mjs. Node's fs has no lseek(SEEK_DATA/SEEK_HOLE), no fallocate and no byte-range
+ * locks; the helper adds exactly those. Everything that uses it must also work without it, because the
+ * build is allowed to fail (no compiler, not Linux) and users can switch it off.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** `BLOCKGRAPH_NO_NATIVE=1` in the environment makes {@link loadNative} return null. */
+export const NATIVE_DISABLE_ENV = 'BLOCKGRAPH_NO_NATIVE';
+
+/** The helper's interface major version this loader speaks; a stale build with another one is ignored. */
+const SUPPORTED_MAJOR = '1';
+
+const ADDON_FILE = 'blockgraph_native.node';
+
+/**
+ * Where the built addon may sit relative to this module: the source tree (src/node/native.ts under
+ * vitest or tsx), a bundle entry (dist/node/file.js) and a shared tsup chunk at dist/ top level.
+ */
+const CANDIDATE_PATHS = [
+  `../../native/build/Release/${ADDON_FILE}`,
+  `../native/build/Release/${ADDON_FILE}`,
+];
+
+/** 'r' read (shared) lock, 'w' write (exclusive) lock, 'u' unlock. */
+export type LockType = 'r' | 'w' | 'u';
+
+/** Which fcntl commands the lock functions use: open-file-description locks or classic POSIX locks. */
+export type LockKind = 'ofd' | 'posix';
+
+/** What the helper throws on a failed system call: Node's fs error shape plus the bare strerror text. */
+export interface NativeError extends Error {
+  /** errno name, e.g. 'EAGAIN', 'EBADF', 'EOPNOTSUPP' */
+  code: string;
+  /** negative errno, as in Node's fs errors */
+  errno: number;
+  /** the call that failed, e.g. 'fcntl(F_OFD_SETLK)' */
+  syscall: string;
+  /** strerror(errno), e.g. 'Resource temporarily unavailable' */
+  description: string;
+}
+
+export interface NativeHelper {
+  readonly version: string;
+  /** fallocate mode bits from linux/falloc.h; mode 0 preallocates (and may extend the file). */
+  readonly FALLOC_FL_KEEP_SIZE: number;
+  readonly FALLOC_FL_PUNCH_HOLE: number;
+  readonly FALLOC_FL_ZERO_RANGE: number;
+
+  /** lseek(fd, offset, SEEK_DATA): the next data offset at or after `offset`, or -1 when there is none (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  /** lseek(fd, offset, SEEK_HOLE): the next hole at or after `offset` (EOF counts as one), or -1 past EOF (ENXIO). */
+  seekHole(fd: number, offset: number): number;
+  /** fallocate(2), retried on EINTR. */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /**
+   * Non-blocking byte-range lock (F_OFD_SETLK, or F_SETLK when the kernel lacks OFD locks). A conflict
+   * throws with code 'EAGAIN' or 'EACCES'.
+   */
+  ofdLock(fd: number, start: number, len: number, type: LockType): void;
+  /**
+   * F_OFD_GETLK (or F_GETLK): true if this fd could take a lock of `type` on the range, false if another
+   * open file description (another process, for POSIX locks) holds a conflicting one.
+   */
+  ofdTest(fd: number, start: number, len: number, type: 'r' | 'w'): boolean;
+  /** Which lock commands are in use; 'posix' only on kernels without OFD locks unless forced. */
+  lockKind(): LockKind;
+  /** Force a lock kind for this JS environment (tests of the POSIX fallback); 'ofd' fails without kernel support. */
+  setLockKind(kind: LockKind): void;
+}
+
+let cachedHelper: NativeHelper | null | undefined;
+let cachedLoadError: Error | null = null;
+let forcedDisabled = false;
+
+function isDisabled(): boolean {
+  return forcedDisabled || process.env[NATIVE_DISABLE_ENV] === '1';
+}
+
+function loadFromDisk(): NativeHelper | null {
+  const require = createRequire(import.meta.url);
+  const tried: string[] = [];
+  for (const candidate of CANDIDATE_PATHS) {
+    const path = fileURLToPath(new URL(candidate, import.meta.url));
+    tried.push(path);
+    if (!existsSync(path)) continue;
+    try {
+      const helper = require(path) as NativeHelper;
+      if (helper.version.split('.')[0] !== SUPPORTED_MAJOR) {
+        cachedLoadError = new Error(`${path}: helper version ${helper.version}, expected ${SUPPORTED_MAJOR}.x`);
+        continue;
+      }
+      cachedLoadError = null;
+      return helper;
+    } catch (error) {
+      // A build for another Node ABI or a broken file: remember why and keep looking.
+      cachedLoadError = error instanceof Error ? error : new Error(String(error));
+    }
+  }
+  cachedLoadError ??= new Error(`${ADDON_FILE} not found (looked at ${tried.join(', ')})`);
+  return null;
+}
+
+/** The native helper, or null when it is not built, cannot load, or is disabled. Loads once per process. */
+export function loadNative(): NativeHelper | null {
+  if (isDisabled()) return null;
+  if (cachedHelper === undefined) cachedHelper = loadFromDisk();
+  return cachedHelper;
+}
+
+/** Force the no-helper fallback (true) or go back to the default, where only the environment can disable it. */
+export function setNativeDisabled(disabled: boolean): void {
+  forcedDisabled = disabled;
+}
+
+/** Why {@link loadNative} returned null after it tried to load the helper; null if it loaded or never tried. */
+export function nativeLoadError(): Error | null {
+  return cachedHelper === undefined || cachedHelper !== null ? null : cachedLoadError;
+}
+
+export function isNativeError(error: unknown): error is NativeError {
+  return error instanceof Error && typeof (error as { code?: unknown }).code === 'string' &&
+    typeof (error as { syscall?: unknown }).syscall === 'string';
+}

@@ -1,0 +1,342 @@
+import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import {
+  NATIVE_DISABLE_ENV,
+  isNativeError,
+  loadNative,
+  nativeLoadError,
+  setNativeDisabled,
+  type NativeHelper,
+} from '../src/node/native.js';
+import { describeRequiring, makeTempDir, missingTools, runTool } from './helpers/qemu.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+const helper = loadNative();
+const missingHelper = helper ? [] : [`native helper (${nativeLoadError()?.message ?? 'disabled'})`];
+
+function native(): NativeHelper {
+  if (!helper) throw new Error('native helper not loaded');
+  return helper;
+}
+
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected an exception');
+}
+
+function fill(length: number, byte: number): Uint8Array {
+  return new Uint8Array(length).fill(byte);
+}
+
+function readAt(fd: number, offset: number, length: number): Uint8Array {
+  const buf = new Uint8Array(length);
+  expect(readSync(fd, buf, 0, length, offset)).toBe(length);
+  return buf;
+}
+
+interface MapEntry {
+  start: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+}
+
+function qemuImgMap(path: string): MapEntry[] {
+  const result = runTool('qemu-img', ['map', '--output=json', '-f', 'raw', path]);
+  expect(result.stderr).toBe('');
+  expect(result.status).toBe(0);
+  return JSON.parse(result.stdout) as MapEntry[];
+}
+
+describe('loadNative', () => {
+  const envAtStart = process.env[NATIVE_DISABLE_ENV];
+  beforeEach(() => {
+    delete process.env[NATIVE_DISABLE_ENV];
+  });
+  afterEach(() => {
+    setNativeDisabled(false);
+    if (envAtStart === undefined) delete process.env[NATIVE_DISABLE_ENV];
+    else process.env[NATIVE_DISABLE_ENV] = envAtStart;
+  });
+
+  it('returns null while disabled by setNativeDisabled(true), and the helper again afterwards', () => {
+    const enabled = loadNative();
+    setNativeDisabled(true);
+    expect(loadNative()).toBeNull();
+    setNativeDisabled(false);
+    expect(loadNative()).toBe(enabled);
+  });
+
+  it(`returns null when ${NATIVE_DISABLE_ENV}=1`, () => {
+    const enabled = loadNative();
+    process.env[NATIVE_DISABLE_ENV] = '1';
+    expect(loadNative()).toBeNull();
+    process.env[NATIVE_DISABLE_ENV] = '0';
+    expect(loadNative()).toBe(enabled);
+  });
+
+  it('loads the helper once and hands out the same object', () => {
+    const first = loadNative();
+    expect(loadNative()).toBe(first);
+    if (first === null) expect(nativeLoadError()).toBeInstanceOf(Error);
+    else expect(nativeLoadError()).toBeNull();
+  });
+});
+
+describeRequiring('native helper', missingHelper, () => {
+  let dir: string;
+  let cleanup: () => void;
+  const openFds: number[] = [];
+
+  function open(name: string, flags: string): number {
+    const fd = openSync(join(dir, name), flags);
+    openFds.push(fd);
+    return fd;
+  }
+
+  beforeAll(() => {
+    ({ dir, cleanup } = makeTempDir('native'));
+  });
+  afterEach(() => {
+    for (const fd of openFds.splice(0)) closeSync(fd);
+  });
+  afterAll(() => cleanup());
+
+  it('exposes a version and the linux/falloc.h mode bits', () => {
+    const n = native();
+    expect(n.version).toMatch(/^1\.\d+\.\d+$/);
+    expect(n.FALLOC_FL_KEEP_SIZE).toBe(0x01);
+    expect(n.FALLOC_FL_PUNCH_HOLE).toBe(0x02);
+    expect(n.FALLOC_FL_ZERO_RANGE).toBe(0x10);
+    expect(['ofd', 'posix']).toContain(n.lockKind());
+  });
+
+  describe('seekData / seekHole', () => {
+    it('find the data and holes of a sparse file, and answer -1 where there is no more', () => {
+      const n = native();
+      const fd = open('sparse.img', 'w+');
+      writeSync(fd, fill(64 * KiB, 0xa5), 0, 64 * KiB, 1 * MiB);
+      writeSync(fd, fill(64 * KiB, 0x5a), 0, 64 * KiB, 3 * MiB);
+      const size = 4 * MiB + 512 * KiB;
+      // Grow with a hole at the end: ftruncate does not allocate.
+      ftruncateSync(fd, size);
+      expect(fstatSync(fd).size).toBe(size);
+
+      expect(n.seekData(fd, 0)).toBe(1 * MiB);
+      expect(n.seekHole(fd, 0)).toBe(0);
+      expect(n.seekHole(fd, 1 * MiB)).toBe(1 * MiB + 64 * KiB);
+      expect(n.seekData(fd, 1 * MiB + 64 * KiB)).toBe(3 * MiB);
+      expect(n.seekHole(fd, 3 * MiB)).toBe(3 * MiB + 64 * KiB);
+      // No data after the last extent: ENXIO, reported as -1.
+      expect(n.seekData(fd, 3 * MiB + 64 * KiB)).toBe(-1);
+      // An offset inside a hole is its own answer; at and past EOF neither call has one.
+      expect(n.seekHole(fd, 4 * MiB)).toBe(4 * MiB);
+      expect(n.seekData(fd, size)).toBe(-1);
+      expect(n.seekHole(fd, size)).toBe(-1);
+      expect(n.seekHole(fd, size + 1)).toBe(-1);
+    });
+
+    it('see a fully written file as one data extent', () => {
+      const n = native();
+      const fd = open('dense.img', 'w+');
+      writeSync(fd, fill(256 * KiB, 1), 0, 256 * KiB, 0);
+      expect(n.seekData(fd, 0)).toBe(0);
+      // EOF counts as a hole.
+      expect(n.seekHole(fd, 0)).toBe(256 * KiB);
+      expect(n.seekData(fd, 100)).toBe(100);
+    });
+  });
+
+  describe('fallocate', () => {
+    it('preallocates with mode 0: the size and the allocated blocks grow', () => {
+      const n = native();
+      const fd = open('prealloc.img', 'w+');
+      expect(fstatSync(fd).blocks).toBe(0);
+      n.fallocate(fd, 0, 0, 2 * MiB);
+      const st = fstatSync(fd);
+      expect(st.size).toBe(2 * MiB);
+      expect(st.blocks * 512).toBeGreaterThanOrEqual(2 * MiB);
+      // Preallocated (unwritten) extents read as zeroes.
+      expect(readAt(fd, 0, 4 * KiB).every((b) => b === 0)).toBe(true);
+    });
+
+    it('preallocates past EOF with FALLOC_FL_KEEP_SIZE without changing the size', () => {
+      const n = native();
+      const fd = open('keep-size.img', 'w+');
+      writeSync(fd, fill(4 * KiB, 7), 0, 4 * KiB, 0);
+      n.fallocate(fd, n.FALLOC_FL_KEEP_SIZE, 4 * KiB, 1 * MiB);
+      const st = fstatSync(fd);
+      expect(st.size).toBe(4 * KiB);
+      expect(st.blocks * 512).toBeGreaterThanOrEqual(1 * MiB + 4 * KiB);
+    });
+
+    it('punches a hole that reads back as zeroes and that qemu-img map reports as a hole', () => {
+      const n = native();
+      const fd = open('punch.img', 'w+');
+      writeSync(fd, fill(1 * MiB, 0xee), 0, 1 * MiB, 0);
+      const blocksBefore = fstatSync(fd).blocks;
+      n.fallocate(fd, n.FALLOC_FL_PUNCH_HOLE | n.FALLOC_FL_KEEP_SIZE, 256 * KiB, 256 * KiB);
+
+      const st = fstatSync(fd);
+      expect(st.size).toBe(1 * MiB);
+      expect(blocksBefore - st.blocks).toBe((256 * KiB) / 512);
+      expect(readAt(fd, 256 * KiB, 256 * KiB).every((b) => b === 0)).toBe(true);
+      expect(readAt(fd, 256 * KiB - 1, 1)[0]).toBe(0xee);
+      expect(readAt(fd, 512 * KiB, 1)[0]).toBe(0xee);
+      expect(n.seekHole(fd, 0)).toBe(256 * KiB);
+      expect(n.seekData(fd, 256 * KiB)).toBe(512 * KiB);
+    });
+
+    it('punch hole without FALLOC_FL_KEEP_SIZE is refused by the kernel (EOPNOTSUPP)', () => {
+      const n = native();
+      const fd = open('punch-nokeep.img', 'w+');
+      writeSync(fd, fill(64 * KiB, 1), 0, 64 * KiB, 0);
+      const error = thrown(() => n.fallocate(fd, n.FALLOC_FL_PUNCH_HOLE, 0, 4 * KiB));
+      expect(isNativeError(error) && error.code).toBe('EOPNOTSUPP');
+    });
+
+    it('zeroes a range with FALLOC_FL_ZERO_RANGE', () => {
+      const n = native();
+      const fd = open('zero-range.img', 'w+');
+      writeSync(fd, fill(512 * KiB, 0x33), 0, 512 * KiB, 0);
+      n.fallocate(fd, n.FALLOC_FL_ZERO_RANGE, 64 * KiB, 128 * KiB);
+      expect(fstatSync(fd).size).toBe(512 * KiB);
+      expect(readAt(fd, 64 * KiB, 128 * KiB).every((b) => b === 0)).toBe(true);
+      expect(readAt(fd, 64 * KiB - 1, 1)[0]).toBe(0x33);
+      expect(readAt(fd, 192 * KiB, 1)[0]).toBe(0x33);
+      // Without KEEP_SIZE, zeroing past EOF extends the file.
+      n.fallocate(fd, n.FALLOC_FL_ZERO_RANGE, 512 * KiB, 64 * KiB);
+      expect(fstatSync(fd).size).toBe(576 * KiB);
+    });
+  });
+
+  describeRequiring('fallocate as seen by qemu-img map', missingTools('qemu-img'), () => {
+    it('reports the punched range as a zero hole between data', () => {
+      const n = native();
+      const fd = open('map.img', 'w+');
+      writeSync(fd, fill(1 * MiB, 0x11), 0, 1 * MiB, 0);
+      n.fallocate(fd, n.FALLOC_FL_PUNCH_HOLE | n.FALLOC_FL_KEEP_SIZE, 256 * KiB, 256 * KiB);
+      const map = qemuImgMap(join(dir, 'map.img')).map(({ start, length, data, zero }) => ({
+        start,
+        length,
+        data,
+        zero,
+      }));
+      expect(map).toEqual([
+        { start: 0, length: 256 * KiB, data: true, zero: false },
+        { start: 256 * KiB, length: 256 * KiB, data: false, zero: true },
+        { start: 512 * KiB, length: 512 * KiB, data: true, zero: false },
+      ]);
+    });
+  });
+
+  describe('errors', () => {
+    it('carry the errno name as code, a negative errno and the syscall', () => {
+      const n = native();
+      const badFd = 1_000_000;
+      const cases: Array<[() => unknown, string]> = [
+        [() => n.seekData(badFd, 0), 'lseek(SEEK_DATA)'],
+        [() => n.seekHole(badFd, 0), 'lseek(SEEK_HOLE)'],
+        [() => n.fallocate(badFd, 0, 0, 4096), 'fallocate'],
+        [() => n.ofdLock(badFd, 100, 1, 'r'), n.lockKind() === 'ofd' ? 'fcntl(F_OFD_SETLK)' : 'fcntl(F_SETLK)'],
+        [() => n.ofdTest(badFd, 100, 1, 'w'), n.lockKind() === 'ofd' ? 'fcntl(F_OFD_GETLK)' : 'fcntl(F_GETLK)'],
+      ];
+      for (const [call, syscall] of cases) {
+        const error = thrown(call);
+        expect(isNativeError(error)).toBe(true);
+        expect(error).toMatchObject({
+          code: 'EBADF',
+          errno: -9,
+          syscall,
+          description: 'Bad file descriptor',
+          message: `EBADF: Bad file descriptor, ${syscall}`,
+        });
+      }
+    });
+
+    it('report what the kernel says about a valid fd used wrongly', () => {
+      const n = native();
+      const fd = open('ro.img', 'w+');
+      const readOnly = open('ro.img', 'r');
+      expect(thrown(() => n.fallocate(readOnly, 0, 0, 4096))).toMatchObject({ code: 'EBADF' });
+      expect(thrown(() => n.fallocate(fd, 0, 0, 0))).toMatchObject({ code: 'EINVAL' });
+      expect(thrown(() => n.fallocate(fd, 0, -1, 4096))).toMatchObject({ code: 'EINVAL' });
+      // A write lock needs an fd open for writing.
+      expect(thrown(() => n.ofdLock(readOnly, 100, 1, 'w'))).toMatchObject({ code: 'EBADF' });
+    });
+
+    it('reject bad arguments with TypeError/RangeError before any system call', () => {
+      const n = native();
+      const fd = open('args.img', 'w+');
+      const call = n as unknown as Record<string, (...args: unknown[]) => unknown>;
+      expect(thrown(() => call.seekData!(fd))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+      expect(thrown(() => call.seekData!('3', 0))).toMatchObject({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+      expect(thrown(() => n.seekData(fd, 0.5))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+      expect(thrown(() => n.seekData(fd, 2 ** 53))).toMatchObject({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+      expect(thrown(() => call.ofdLock!(fd, 100, 1, 'x'))).toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+      expect(thrown(() => call.ofdTest!(fd, 100, 1, 'u'))).toMatchObject({ code: 'ERR_INVALID_ARG_VALUE' });
+    });
+  });
+
+  describe('OFD locks', () => {
+    it('conflict between two open file descriptions of one file, not within one', () => {
+      const n = native();
+      const a = open('locks.img', 'w+');
+      const b = open('locks.img', 'r+');
+      n.ofdLock(a, 100, 1, 'w');
+      // The holder itself is never in conflict with its own lock.
+      expect(n.ofdTest(a, 100, 1, 'w')).toBe(true);
+      expect(n.ofdTest(b, 100, 1, 'r')).toBe(false);
+      expect(n.ofdTest(b, 101, 1, 'w')).toBe(true);
+      expect(thrown(() => n.ofdLock(b, 100, 1, 'r'))).toMatchObject({ code: 'EAGAIN' });
+
+      n.ofdLock(a, 100, 1, 'r');
+      expect(n.ofdTest(b, 100, 1, 'r')).toBe(true);
+      expect(n.ofdTest(b, 100, 1, 'w')).toBe(false);
+      n.ofdLock(b, 100, 1, 'r');
+      expect(thrown(() => n.ofdLock(b, 100, 1, 'w'))).toMatchObject({ code: 'EAGAIN' });
+
+      n.ofdLock(a, 100, 1, 'u');
+      n.ofdLock(b, 100, 1, 'w');
+      expect(n.ofdTest(a, 100, 1, 'r')).toBe(false);
+    });
+
+    it('are released when the fd is closed', () => {
+      const n = native();
+      const a = openSync(join(dir, 'close.img'), 'w+');
+      const b = open('close.img', 'r+');
+      n.ofdLock(a, 200, 4, 'r');
+      expect(n.ofdTest(b, 201, 1, 'w')).toBe(false);
+      closeSync(a);
+      expect(n.ofdTest(b, 201, 1, 'w')).toBe(true);
+    });
+
+    it('can be switched to POSIX locks and back', () => {
+      const n = native();
+      const kind = n.lockKind();
+      try {
+        n.setLockKind('posix');
+        expect(n.lockKind()).toBe('posix');
+        const a = open('posix.img', 'w+');
+        const b = open('posix.img', 'r+');
+        // POSIX locks belong to the process: our second fd sees no conflict with our first.
+        n.ofdLock(a, 100, 1, 'w');
+        expect(n.ofdTest(b, 100, 1, 'w')).toBe(true);
+        n.ofdLock(a, 100, 1, 'u');
+        expect(thrown(() => (n.setLockKind as (kind: string) => void)('flock'))).toMatchObject({
+          code: 'ERR_INVALID_ARG_VALUE',
+        });
+      } finally {
+        n.setLockKind(kind);
+      }
+      expect(n.lockKind()).toBe(kind);
+    });
+  });
+});
