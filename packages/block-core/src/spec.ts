@@ -21,6 +21,8 @@ export type DriverKind = 'protocol' | 'format' | 'filter';
 export interface DriverCapabilities {
   /** Can be opened read-write. */
   write: boolean;
+  /** Reads return what was written (false for null-co, which drops writes). */
+  storesData: boolean;
   /** Efficient zero writes; without it the core writes zero-filled buffers. */
   zeroWrite: boolean;
   /** Discard does something (it is advisory; see `discardZeroes`). */
@@ -49,6 +51,7 @@ export interface DriverCapabilities {
 
 export const NO_CAPABILITIES: DriverCapabilities = {
   write: false,
+  storesData: false,
   zeroWrite: false,
   discard: false,
   discardZeroes: false,

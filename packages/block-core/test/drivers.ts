@@ -19,6 +19,7 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
   capabilities: {
     ...NO_CAPABILITIES,
     write: true,
+    storesData: true,
     zeroWrite: true,
     discard: true,
     discardZeroes: true,
@@ -122,7 +123,7 @@ export const memStore = new Map<string, Uint8Array>();
 export const testFilterDriver: BlockDriver = defineBlockDriver({
   name: 'test-filter',
   kind: 'filter',
-  capabilities: { ...NO_CAPABILITIES, write: true, zeroWrite: true, discard: true, blockStatus: true, resize: true, reopen: true },
+  capabilities: { ...NO_CAPABILITIES, write: true, storesData: true, zeroWrite: true, discard: true, blockStatus: true, resize: true, reopen: true },
   options: { file: { type: 'ref', required: true } },
   async open(ctx, o) {
     const file = (await ctx.openChild('file', o.file, ChildRole.FILTERED | ChildRole.PRIMARY))!;
@@ -138,7 +139,7 @@ export const testFilterDriver: BlockDriver = defineBlockDriver({
 export const testCowDriver: BlockDriver = defineBlockDriver({
   name: 'test-cow',
   kind: 'format',
-  capabilities: { ...NO_CAPABILITIES, write: true, zeroWrite: true, discard: true, discardZeroes: true, blockStatus: true, backing: true, reopen: true },
+  capabilities: { ...NO_CAPABILITIES, write: true, storesData: true, zeroWrite: true, discard: true, discardZeroes: true, blockStatus: true, backing: true, reopen: true },
   options: {
     file: { type: 'ref', required: true },
     backing: { type: 'ref', nullable: true },
