@@ -35,6 +35,8 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
     maxTransfer: { type: 'integer', default: 0 },
     /** Share one buffer between nodes opened with the same name (re-open tests). */
     name: { type: 'string' },
+    /** Random delay of up to this many ms per request, so concurrent requests interleave. */
+    latencyMs: { type: 'integer', default: 0 },
   },
   async open(ctx, o) {
     const shared = typeof o.name === 'string' ? memStore.get(o.name) : undefined;
@@ -43,6 +45,9 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
     let alloc = new Uint8Array(Math.ceil(data.byteLength / 512));
     if (shared) alloc.fill(1);
     const alignment = o.alignment as number;
+    const latency = o.latencyMs as number;
+    const delay = (): Promise<void> | undefined =>
+      latency ? new Promise((r) => setTimeout(r, Math.floor(Math.random() * (latency + 1)))) : undefined;
     const store = (): void => {
       if (typeof o.name === 'string') memStore.set(o.name, data);
     };
@@ -69,22 +74,26 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
       refreshLimits: () => ({ requestAlignment: alignment, maxTransfer: o.maxTransfer as number }),
       async preadv(offset: number, bytes: number, qiov: IOVector) {
         if (offset % alignment || bytes % alignment) throw new BlockError('EINVAL', `unaligned read ${offset}+${bytes}`);
+        await delay();
         const avail = Math.max(0, Math.min(bytes, data.byteLength - offset));
         qiov.copyFrom(data.subarray(offset, offset + avail), 0);
         if (avail < bytes) qiov.fill(0, avail);
       },
       async pwritev(offset: number, bytes: number, qiov: IOVector) {
         if (offset % alignment || bytes % alignment) throw new BlockError('EINVAL', `unaligned write ${offset}+${bytes}`);
+        await delay();
         grow(offset + bytes);
         qiov.copyTo(data, 0, bytes, offset);
         mark(offset, bytes, 1);
       },
       async pwriteZeroes(offset: number, bytes: number, flags: number) {
+        await delay();
         grow(offset + bytes);
         data.fill(0, offset, offset + bytes);
         mark(offset, bytes, flags & ReqFlag.MAY_UNMAP ? 0 : 1);
       },
       async pdiscard(offset: number, bytes: number) {
+        await delay();
         const end = Math.min(offset + bytes, data.byteLength);
         if (end <= offset) return;
         data.fill(0, offset, end);
@@ -185,6 +194,7 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
         each(offset, bytes, (c) => (state[c] = 2));
       },
       async pdiscard(offset: number, bytes: number) {
+        await delay();
         each(offset, bytes, (c) => (state[c] = backing ? 2 : 0));
       },
       blockStatus(_wantZero: boolean, offset: number, bytes: number) {
