@@ -20,6 +20,7 @@ export default defineConfig({
       pkg('driver-raw'),
       pkg('driver-qcow2'),
       pkg('iotests'),
+      pkg('filter-cor'),
     ],
   },
 });

@@ -68,6 +68,8 @@ const JOB_ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 export class JobTxn {
   readonly jobs = new Set<Job>();
   aborting = false;
+  /** Set while the jobs' prepare() callbacks run (they may await); an abort waits for it. */
+  preparing: Promise<void> | null = null;
 }
 
 export interface JobOptions {
@@ -118,6 +120,8 @@ export abstract class Job implements ChildParent {
   private started = false;
   private deferredToMainLoop = false;
   private completed = false;
+  /** job_finalize_single() ran (commit/abort, events, CONCLUDED). */
+  private finalized = false;
   /** The error that ended the job (QEMU's job->err). */
   error: BlockError | null = null;
   readonly progress = { current: 0, total: 0 };
@@ -125,6 +129,8 @@ export abstract class Job implements ChildParent {
   ioStatus: IoStatus = 'ok';
   protected readonly limit = new RateLimit();
   private wakeFn: (() => void) | null = null;
+  /** The sleep timer of the current yield (QEMU's job->sleep_timer is pending). */
+  private timer: ReturnType<typeof setTimeout> | undefined;
   private readonly finishedWaiters: (() => void)[] = [];
   /** Edges this job holds on nodes (block_job_add_bdrv). */
   protected readonly edges: Child[] = [];
@@ -132,7 +138,9 @@ export abstract class Job implements ChildParent {
   constructor(graph: Graph, opts: JobOptions) {
     if (!JOB_ID_RE.test(opts.id)) throw new BlockError('EINVAL', `Invalid job ID '${opts.id}'`);
     if (graph.jobs.has(opts.id)) throw new BlockError('EEXIST', `Job ID '${opts.id}' already in use`);
-    if (opts.speed !== undefined && opts.speed < 0) throw new BlockError('EINVAL', "Invalid parameter 'speed'");
+    if (opts.speed !== undefined && !(Number.isSafeInteger(opts.speed) && opts.speed >= 0)) {
+      throw new BlockError('EINVAL', "Invalid parameter 'speed'");
+    }
     this.graph = graph;
     this.id = opts.id;
     this.type = opts.type;
@@ -242,26 +250,28 @@ export abstract class Job implements ChildParent {
     } catch (e) {
       this.error = toBlockError(e);
     }
+    this.wakeFn = null;
     this.deferredToMainLoop = true;
     this.busy = true;
     // QEMU defers job_exit to the main loop: let whoever triggered the last step finish first.
     await Promise.resolve();
-    this.exit();
+    // job_exit(): not quiescent, but drains started by the completion callbacks must not wait for us.
+    this.busy = false;
+    this.jobCompleted();
   }
 
-  private exit(): void {
+  /** job_completed(): the job's work is over (or it was cancelled before it started). */
+  private jobCompleted(): void {
     this.completed = true;
-    this.busy = false;
     this.updateRc();
+    this.graph.kick();
     if (this.error) this.completedTxnAbort();
     else this.completedTxnSuccess();
   }
 
   private updateRc(): void {
     if (!this.error && this.isCancelled()) this.error = new BlockError('ECANCELED', 'Operation canceled');
-    if (this.error && this.status !== 'aborting' && this.status !== 'concluded' && this.status !== 'null') {
-      this.transition('aborting');
-    }
+    if (this.error && this.status !== 'aborting') this.transition('aborting');
   }
 
   private completedTxnSuccess(): void {
@@ -276,47 +286,92 @@ export abstract class Job implements ChildParent {
     if (!this.autoFinalize) this.graph.emit('BLOCK_JOB_PENDING', { type: this.type, id: this.id });
   }
 
+  /**
+   * job_completed_txn_abort(): the first failure in a transaction force-cancels every other job (no result
+   * matters any more), waits for each to stop and finalizes them all.
+   */
   private completedTxnAbort(): void {
     const txn = this.txn;
     if (txn.aborting) return;
     txn.aborting = true;
     for (const j of txn.jobs) if (j !== this) j.cancelAsync(true);
     void (async () => {
-      for (const j of [...txn.jobs]) {
+      // A prepare() still running (finalize was under way) finishes before anything is aborted.
+      if (txn.preparing) await txn.preparing;
+      for (;;) {
+        const j = txn.jobs.values().next().value as Job | undefined;
+        if (!j) break;
         if (!j.isCompleted()) await j.finishSync();
-        await j.finalizeSingle();
+        j.finalizeSingle();
+        txn.jobs.delete(j);
       }
     })();
   }
 
-  /** Wait until a (cancelled) job's run() has returned. */
+  /** job_finish_sync() for a cancelled job: wait until its run() has returned. */
   private async finishSync(): Promise<void> {
-    this.enter(true);
+    if (!this.started) {
+      // Never started: nothing to wait for (job_completed() of an unstarted job).
+      this.completed = true;
+      this.updateRc();
+      return;
+    }
+    this.enterCond();
     await this.graph.waitWhile(() => !this.completed);
   }
 
+  /** job_do_finalize(): prepare every job of the transaction, then commit them all, or abort them all. */
   private async doFinalize(): Promise<void> {
-    for (const j of this.txn.jobs) {
-      if (!j.error && j.prepare) {
-        try {
-          await j.prepare();
-        } catch (e) {
-          j.error = toBlockError(e);
+    const txn = this.txn;
+    if (txn.preparing || txn.aborting) return; // already finalizing (prepare() may await)
+    let failed: Job | null = null;
+    let done!: () => void;
+    txn.preparing = new Promise<void>((resolve) => (done = resolve));
+    try {
+      for (const j of [...txn.jobs]) {
+        if (!j.error && j.prepare) {
+          try {
+            await j.prepare();
+          } catch (e) {
+            j.error = toBlockError(e);
+          }
+          j.updateRc();
         }
-        j.updateRc();
+        if (j.error || txn.aborting) {
+          failed = j.error ? j : null;
+          break;
+        }
       }
-      if (j.error) {
-        this.completedTxnAbort();
-        return;
-      }
+    } finally {
+      txn.preparing = null;
+      done();
     }
-    for (const j of [...this.txn.jobs]) await j.finalizeSingle();
+    // A cancel that arrived during prepare() has started the abort path already.
+    if (txn.aborting) return;
+    if (failed) {
+      failed.completedTxnAbort();
+      return;
+    }
+    for (const j of [...txn.jobs]) j.finalizeSingle();
   }
 
-  private async finalizeSingle(): Promise<void> {
-    if (!this.error) this.commit?.();
-    else this.abort?.();
-    this.clean?.();
+  /** job_finalize_single(): commit or abort, clean, events, CONCLUDED (and NULL when auto-dismissed). */
+  private finalizeSingle(): void {
+    if (this.finalized) return;
+    this.finalized = true;
+    // Late failures (a transaction peer failed after we finished) still get abort().
+    this.updateRc();
+    if (!this.error) {
+      try {
+        this.commit?.();
+      } catch (e) {
+        this.error = toBlockError(e);
+        this.updateRc();
+      }
+    } else {
+      this.runHook('abort', () => this.abort?.());
+    }
+    this.runHook('clean', () => this.clean?.());
     if (this.started) {
       if (this.isCancelled()) {
         this.graph.emit('BLOCK_JOB_CANCELLED', { type: this.type, device: this.device, len: this.progress.total, offset: this.progress.current, speed: this.speed });
@@ -333,7 +388,17 @@ export abstract class Job implements ChildParent {
     else this.notifyFinished();
   }
 
+  private runHook(name: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      // abort()/clean() can't fail the job any more; the job must still conclude.
+      trace('job.hook-error', { id: this.id, hook: name, error: String(e) });
+    }
+  }
+
   private doDismiss(): void {
+    this.busy = false;
     this.paused = false;
     this.deferredToMainLoop = true;
     this.txn.jobs.delete(this);
@@ -357,19 +422,19 @@ export abstract class Job implements ChildParent {
     }
     this.cancelAsync(force);
     if (!this.started) {
-      this.completed = true;
-      this.updateRc();
-      this.completedTxnAbort();
+      // A job that never ran is always cancelled for good.
+      this.cancelled = this.forceCancel = true;
+      if (!this.completed) this.jobCompleted();
     } else if (this.deferredToMainLoop) {
+      // Soft cancel requests of a job that is done were ignored; a forced one aborts the transaction.
       if (this.isCancelled()) this.completedTxnAbort();
     } else {
-      this.enter(true);
+      this.enterCond();
     }
   }
 
-  /** block-job-cancel refuses a soft cancel of a user-paused job. */
+  /** block-job-cancel refuses a soft cancel of a user-paused job (checked before the verb, as QEMU does). */
   userCancel(force: boolean): void {
-    this.applyVerb('cancel');
     if (this.userPaused && !force) {
       throw new BlockError('EBUSY', `The block job for device '${this.device}' is currently paused`);
     }
@@ -377,14 +442,16 @@ export abstract class Job implements ChildParent {
   }
 
   private cancelAsync(force: boolean): void {
+    // No onCancel means the job behaves as if force-cancelled.
     force = this.onCancel ? this.onCancel(force) : true;
     if (this.userPaused) {
-      this.onResume?.();
+      // block_job_user_resume(): a user pause (or an error stop) ends with the cancel; the caller enters the job.
+      this.ioStatus = 'ok';
       this.userPaused = false;
       this.pauseCount--;
     }
     // Soft cancel requests after the job is done are ignored.
-    if (!this.deferredToMainLoop) {
+    if (force || !this.deferredToMainLoop) {
       this.cancelled = true;
       this.forceCancel ||= force;
     }
@@ -398,35 +465,38 @@ export abstract class Job implements ChildParent {
   }
 
   resume(): void {
+    // QEMU checks "was it paused" before the verb table.
+    if (!this.userPaused || this.pauseCount <= 0) throw new BlockError('EPERM', "Can't resume a job that was not paused");
     this.applyVerb('resume');
-    if (!this.userPaused) throw new BlockError('EPERM', "Can't resume a job that was not paused");
     this.ioStatus = 'ok';
     this.userPaused = false;
     this.resumeInternal();
   }
 
+  /** job_pause(): one more reason to park at the next pause point; a sleeping job is woken to get there. */
   private pauseInternal(): void {
     this.pauseCount++;
-    if (!this.paused) this.enter(false);
+    if (!this.paused) this.enterCond();
   }
 
+  /** job_resume(): the last reason gone, re-enter the job unless it sleeps on a timer anyway. */
   private resumeInternal(): void {
     if (this.pauseCount <= 0) return;
     this.pauseCount--;
     if (this.pauseCount) return;
-    this.enter(true);
+    this.enterCond(() => this.timer === undefined);
   }
 
   setSpeed(speed: number): void {
     this.applyVerb('set-speed');
     if (!Number.isSafeInteger(speed) || speed < 0) throw new BlockError('EINVAL', "Invalid parameter 'speed'");
     const old = this.speed;
-    this.onSetSpeed?.(speed);
-    this.speed = speed;
     this.limit.setSpeed(speed, JOB_SLICE_MS);
+    this.speed = speed;
+    this.onSetSpeed?.(speed);
     if (speed && speed <= old) return;
-    // Wake a job sleeping because of the old limit.
-    if (!this.paused) this.enter(false);
+    // Wake a job sleeping because of the old limit (only a sleep with a timer, never a pause point).
+    this.enterCond(() => this.timer !== undefined);
   }
 
   complete(): void {
@@ -460,26 +530,37 @@ export abstract class Job implements ChildParent {
     return this.pauseCount > 0;
   }
 
-  /** Wake the job from a sleep (or, with `force`, from a pause point). */
-  protected enter(force: boolean): void {
-    if (!this.started || this.deferredToMainLoop || !this.wakeFn) return;
+  /**
+   * Wake the job from a sleep or `yield()`; a job parked at a pause point is only woken with `force`
+   * (mirror's complete: "the job is re-entered when it is resumed").
+   */
+  protected enter(force = false): void {
     if (this.paused && !force) return;
+    this.enterCond();
+  }
+
+  /** job_enter_cond(): re-enter a started, yielded job if `cond` holds. */
+  private enterCond(cond?: () => boolean): void {
+    if (!this.started || this.deferredToMainLoop || !this.wakeFn) return;
+    if (cond && !cond()) return;
     this.wakeFn();
   }
 
+  /** job_do_yield(): not busy until `enterCond()` or the timer (ms >= 0) re-enters the job. */
   private doYield(ms: number): Promise<void> {
     this.busy = false;
-    this.graph.kick();
-    return new Promise<void>((resolve) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
+    const done = new Promise<void>((resolve) => {
       this.wakeFn = () => {
-        if (timer !== undefined) clearTimeout(timer);
+        if (this.timer !== undefined) clearTimeout(this.timer);
+        this.timer = undefined;
         this.wakeFn = null;
         this.busy = true;
         resolve();
       };
-      if (ms >= 0) timer = setTimeout(() => this.wakeFn?.(), ms);
+      if (ms >= 0) this.timer = setTimeout(() => this.wakeFn?.(), ms);
     });
+    this.graph.kick();
+    return done;
   }
 
   /** job_pause_point(): park here while a pause is requested (PAUSED, or STANDBY when READY). */
@@ -497,31 +578,36 @@ export abstract class Job implements ChildParent {
     this.onResume?.();
   }
 
-  /** job_sleep_ns(): sleep, woken early by cancel/complete/pause requests, then a pause point. */
+  /**
+   * job_sleep_ns(): sleep, woken early by cancel/pause/set-speed, then a pause point. A force-cancelled job
+   * returns at once; with a pause pending it goes straight to the pause point.
+   */
   async sleep(ms: number): Promise<void> {
-    if (!this.isCancelled()) await this.doYield(ms);
+    if (this.isCancelled()) return;
+    if (!this.shouldPause()) await this.doYield(Math.max(0, ms));
     await this.pausePoint();
   }
 
-  /** job_yield(): wait for `enter()`. */
+  /** job_yield(): wait for `enter()`, then a pause point. A force-cancelled job returns at once. */
   async yield(): Promise<void> {
+    if (this.isCancelled()) return;
     if (!this.shouldPause()) await this.doYield(-1);
     await this.pausePoint();
   }
 
-  /** block_job_ratelimit_processed_bytes(). */
+  /** block_job_ratelimit_processed_bytes(): account `bytes` against the speed limit. */
   ratelimitProcessed(bytes: number): void {
-    this.pendingDelay = Math.max(this.pendingDelay, this.limit.calculateDelay(bytes));
+    this.limit.calculateDelay(bytes);
   }
 
-  private pendingDelay = 0;
-
-  /** block_job_ratelimit_sleep(): sleep at least once, as long as the rate limit says. */
+  /**
+   * block_job_ratelimit_sleep(): sleep at least once, and until the rate limit allows more; the delay is
+   * recomputed after every (possibly interrupted) sleep because set-speed may have changed it.
+   */
   async ratelimitSleep(): Promise<void> {
     let delay: number;
     do {
       delay = this.limit.calculateDelay(0);
-      this.pendingDelay = 0;
       await this.sleep(delay);
     } while (delay > 0 && !this.isCancelled());
   }
@@ -571,7 +657,8 @@ export abstract class Job implements ChildParent {
         this.pauseInternal();
         this.userPaused = true;
       }
-      this.ioStatus = code === 'ENOSPC' ? 'nospace' : 'failed';
+      // block_job_iostatus_set_err(): the first error sticks until resume.
+      if (this.ioStatus === 'ok') this.ioStatus = code === 'ENOSPC' ? 'nospace' : 'failed';
     }
     return action;
   }

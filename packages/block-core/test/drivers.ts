@@ -194,7 +194,6 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
         each(offset, bytes, (c) => (state[c] = 2));
       },
       async pdiscard(offset: number, bytes: number) {
-        await delay();
         each(offset, bytes, (c) => (state[c] = backing ? 2 : 0));
       },
       blockStatus(_wantZero: boolean, offset: number, bytes: number) {

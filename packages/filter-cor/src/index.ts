@@ -1,0 +1,2 @@
+export { copyOnReadDriver, corChildPerm } from './copy-on-read.js';
+export { insertCopyOnRead, removeCopyOnRead, type InsertCopyOnReadOptions } from './runtime.js';
