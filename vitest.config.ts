@@ -21,6 +21,8 @@ export default defineConfig({
       pkg('driver-qcow2'),
       pkg('iotests'),
       pkg('filter-cor'),
+      pkg('job-mirror'),
+      pkg('cli'),
     ],
   },
 });

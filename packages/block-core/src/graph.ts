@@ -150,7 +150,13 @@ export class Graph {
    * Open a node; nested child options open implicit nodes. `inherited` are the parent's common options a child
    * takes as defaults (read-only, cache, force-share; discard defaults to unmap below a format, as in QEMU).
    */
-  private async openNode(opts: Options, inherited: Partial<CommonNodeOptions> | undefined, implicitChild: boolean): Promise<BlockNode> {
+  private async openNode(
+    opts: Options,
+    inherited: Partial<CommonNodeOptions> | undefined,
+    implicitChild: boolean,
+    /** Attach the node's children without a permission refresh: the caller refreshes after more changes. */
+    deferPerms = false,
+  ): Promise<BlockNode> {
     const driverName = opts.driver;
     if (typeof driverName !== 'string') throw new BlockError('EINVAL', "Parameter 'driver' is missing");
     const driver = this.registry.get(driverName);
@@ -177,13 +183,13 @@ export class Graph {
       throw new BlockError('EACCES', `Driver '${driver.name}' can only be used for read-only devices`);
     }
     const node = new BlockNode(this, name as string, driver, validated, common, implicitChild && opts.nodeName === undefined);
-    const ctx = this.openContext(node);
+    const ctx = this.openContext(node, deferPerms);
     this.nodes.set(node.nodeName, node);
     try {
       node.impl = await driver.open(ctx, validated);
       await node.refresh();
       node.opened = true;
-      Transaction.run((tran) => refreshPerms([node], tran));
+      if (!deferPerms) Transaction.run((tran) => refreshPerms([node], tran));
     } catch (e) {
       await this.closeNode(node).catch(() => undefined);
       throw e;
@@ -191,12 +197,12 @@ export class Graph {
     return node;
   }
 
-  private openContext(node: BlockNode): OpenContext {
+  private openContext(node: BlockNode, deferPerms: boolean): OpenContext {
     return {
       graph: this,
       node,
       readOnly: node.readOnly,
-      openChild: (childName, ref, role, o) => this.openChild(node, childName, ref, role, o?.optional ?? false),
+      openChild: (childName, ref, role, o) => this.openChild(node, childName, ref, role, o?.optional ?? false, deferPerms),
       openImageByName: (childName, filename, format, role) => this.openImageByName(node, childName, filename, format, role),
     };
   }
@@ -212,7 +218,14 @@ export class Graph {
     };
   }
 
-  private async openChild(parent: BlockNode, childName: string, ref: unknown, role: ChildRoles, optional: boolean): Promise<Child | null> {
+  private async openChild(
+    parent: BlockNode,
+    childName: string,
+    ref: unknown,
+    role: ChildRoles,
+    optional: boolean,
+    deferPerms: boolean,
+  ): Promise<Child | null> {
     if (ref === undefined || ref === null) {
       if (optional) return null;
       throw new BlockError('EINVAL', `A block device must be specified for "${childName}"`);
@@ -231,7 +244,7 @@ export class Graph {
     try {
       return Transaction.run((tran) => {
         const c = this.attachEdge(parent, childNode, childName, role, tran);
-        refreshPerms([parent], tran);
+        if (!deferPerms) refreshPerms([parent], tran);
         return c;
       });
     } catch (e) {
@@ -493,18 +506,26 @@ export class Graph {
 
   /**
    * Open a filter whose child option names an existing node and put it above that node, atomically, while
-   * I/O runs: parents' requests are queued during the switch, none is lost or reordered. On a permission
-   * conflict nothing changes.
+   * I/O runs: parents' requests are queued during the switch, none is lost or reordered. As QEMU's bdrv_append,
+   * the new edge and the moved parents are checked together, once: a filter may unshare what the node's
+   * parents would use directly, as long as they now go through it. On a conflict nothing changes.
    */
   async insertFilter(options: NodeOptions | Options): Promise<BlockNode> {
     const opts = normaliseOptions(options as Options);
     const driver = this.registry.get(String(opts.driver));
     if (driver.kind !== 'filter') throw new BlockError('EINVAL', `Driver '${driver.name}' is not a filter`);
-    const filter = await this.openNode(opts, undefined, false);
+    const filter = await this.openNode(opts, undefined, false, true);
+    const below = filter.filteredChild()?.node;
     try {
-      await this.appendFilter(filter);
+      if (!below) throw new BlockError('EINVAL', `Node '${filter.nodeName}' is not a filter with a child`);
+      await withDrained([below, filter], () =>
+        Transaction.run((tran) => {
+          this.replaceNodeNoPerm(below, filter, tran);
+          refreshPerms([filter, below], tran);
+        }),
+      );
     } catch (e) {
-      await this.closeNode(filter);
+      await this.closeNode(filter).catch(() => undefined);
       throw isBlockError(e) ? e.prepend(`Cannot insert filter '${filter.nodeName}': `) : e;
     }
     return filter;

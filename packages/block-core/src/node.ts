@@ -227,8 +227,8 @@ function minNonZero(a: number, b: number): number {
   return Math.min(a, b);
 }
 
-/** QEMU's default: the cluster size, at least 4 KiB, else 64 KiB (bdrv_get_default_bitmap_granularity). */
+/** bdrv_get_default_bitmap_granularity(): the cluster size clamped to [4 KiB, 64 KiB]; 64 KiB without clusters. */
 export function defaultBitmapGranularity(node: BlockNode): number {
   const cluster = node.impl.getInfo?.().clusterSize;
-  return cluster ? Math.max(cluster, 4096) : 65536;
+  return cluster ? Math.min(65536, Math.max(cluster, 4096)) : 65536;
 }
