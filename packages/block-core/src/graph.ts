@@ -514,6 +514,9 @@ export class Graph {
     const opts = normaliseOptions(options as Options);
     const driver = this.registry.get(String(opts.driver));
     if (driver.kind !== 'filter') throw new BlockError('EINVAL', `Driver '${driver.name}' is not a filter`);
+    // A filter must not change what its parents' requests do: it discards like the node it goes above.
+    const target = typeof opts.file === 'string' ? this.findNode(opts.file) : undefined;
+    if (target && opts.discard === undefined) opts.discard = target.common.discard;
     const filter = await this.openNode(opts, undefined, false, true);
     const below = filter.filteredChild()?.node;
     try {

@@ -17,13 +17,15 @@ export interface MirrorSetup {
   readTarget(): Promise<Uint8Array>;
 }
 
-export async function setup(opts: { size?: number; latencyMs?: number; fill?: 'random' | 'half' | 'none'; targetLatencyMs?: number } = {}): Promise<MirrorSetup> {
+export async function setup(
+  opts: { size?: number; latencyMs?: number; fill?: 'random' | 'half' | 'none'; targetLatencyMs?: number; guestShared?: number } = {},
+): Promise<MirrorSetup> {
   const size = opts.size ?? 4 << 20;
   const g = new Graph({ drivers: [...testDrivers, copyOnReadDriver] });
   await g.addNode({ driver: 'test-mem', nodeName: 'src', size, latencyMs: opts.latencyMs ?? 0, discard: 'unmap' });
   await g.addNode({ driver: 'test-mem', nodeName: 'tgt', size, latencyMs: opts.targetLatencyMs ?? opts.latencyMs ?? 0, discard: 'unmap' });
   const model = new Uint8Array(size);
-  const guest = g.backend('src', { name: 'guest', perm: R | W, shared: R | WU });
+  const guest = g.backend('src', { name: 'guest', perm: R | W, shared: opts.guestShared ?? R | WU });
   const rnd = xorshift(42);
   if (opts.fill !== 'none') {
     for (let off = 0; off < size; off += 65536) {
