@@ -1,13 +1,19 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
+import globals from 'globals';
 
 const nodeModules = ['fs', 'path', 'os', 'zlib', 'child_process', 'crypto', 'events', 'stream', 'util', 'url', 'worker_threads', 'buffer', 'net'];
-const platformNeutral = ['block-core', 'driver-qcow2', 'filter-cor', 'job-mirror'];
+const platformNeutral = ['block-core', 'driver-raw', 'driver-qcow2', 'filter-cor', 'job-mirror', 'iotests'];
 
 export default tseslint.config(
   { ignores: ['**/dist/**', '**/build/**', '**/node_modules/**', '**/*.d.ts'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
+  {
+    // Scripts, benchmarks and tests run on Node.
+    files: ['scripts/**', 'bench/**', '**/*.mjs', '**/test/**', '**/*.mts'],
+    languageOptions: { globals: { ...globals.node } },
+  },
   {
     rules: {
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],

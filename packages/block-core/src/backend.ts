@@ -4,7 +4,7 @@ import type { ReqFlags } from './flags.js';
 import type { Graph } from './graph.js';
 import { IOVector } from './iovec.js';
 import type { BlockNode } from './node.js';
-import { Perm, PERM_ALL, type PermBits } from './perm.js';
+import { Perm, type PermBits } from './perm.js';
 import { refreshPerms, setEdgePerms } from './permission.js';
 import type { PreallocMode } from './spec.js';
 import { Transaction } from './transaction.js';
@@ -116,8 +116,13 @@ export class BlockBackend implements ChildParent {
     return this.inFlight > 0;
   }
 
+  /** Wait while drained (requests are queued, in order, not lost); then `enterNow`. */
   private async enter(offset: number, bytes: number, write: boolean): Promise<Child> {
     while (this.quiesceCounter > 0 && !this.disableRequestQueuing) await this.resumed.wait();
+    return this.enterNow(offset, bytes, write);
+  }
+
+  private enterNow(offset: number, bytes: number, write: boolean): Child {
     const c = this.root;
     if (!c) throw new BlockError('ENOMEDIUM', 'No medium inserted');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
@@ -138,7 +143,7 @@ export class BlockBackend implements ChildParent {
   }
 
   async preadv(offset: number, bytes: number, qiov: IOVector | null, flags: ReqFlags = 0): Promise<void> {
-    const c = await this.enter(offset, bytes, false);
+    const c = this.quiesceCounter > 0 ? await this.enter(offset, bytes, false) : this.enterNow(offset, bytes, false);
     try {
       await c.preadv(offset, bytes, qiov, flags);
     } finally {
@@ -157,7 +162,7 @@ export class BlockBackend implements ChildParent {
   }
 
   async pwritev(offset: number, bytes: number, qiov: IOVector, flags: ReqFlags = 0): Promise<void> {
-    const c = await this.enter(offset, bytes, true);
+    const c = this.quiesceCounter > 0 ? await this.enter(offset, bytes, true) : this.enterNow(offset, bytes, true);
     try {
       await c.pwritev(offset, bytes, qiov, flags);
     } finally {

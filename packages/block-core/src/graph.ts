@@ -7,8 +7,8 @@ import { IOVector } from './iovec.js';
 import type { Job } from './job.js';
 import { BlockNode, type CommonNodeOptions } from './node.js';
 import { kebabCase, normaliseOptions, validateOptions, type Options } from './options.js';
-import { ChildRole, type ChildRoles } from './perm.js';
-import { refreshPerms } from './permission.js';
+import { ChildRole, PERM_ALL, type ChildRoles } from './perm.js';
+import { refreshPerms, setEdgePerms } from './permission.js';
 import { DriverRegistry } from './registry.js';
 import type { BlockDriver, OpenContext } from './spec.js';
 import { Transaction } from './transaction.js';
@@ -534,7 +534,10 @@ export class Graph {
     return filter;
   }
 
-  /** bdrv_drop_filter(): the filter's parents use its child again; the filter is closed. */
+  /**
+   * bdrv_drop_filter(): the filter's parents use its child again and the filter is closed. The filter's own
+   * edge stops counting in the same transaction, so what it needed can't conflict with the parents it hands back.
+   */
   async removeFilter(filter: BlockNode | string): Promise<void> {
     const f = this.getNode(filter);
     const c = f.filteredChild();
@@ -543,7 +546,8 @@ export class Graph {
     await withDrained([f, below], async () => {
       Transaction.run((tran) => {
         this.replaceNodeNoPerm(f, below, tran);
-        refreshPerms([below, f], tran);
+        setEdgePerms(c, { perm: 0, shared: PERM_ALL }, tran);
+        refreshPerms([below], tran);
       });
       await this.closeNode(f);
     });
@@ -643,7 +647,9 @@ export class Graph {
   async close(): Promise<void> {
     for (const job of [...this.jobs.values()]) {
       try {
-        job.cancel(true);
+        // QEMU dismisses concluded jobs at shutdown and force-cancels the others.
+        if (job.status === 'concluded') job.dismiss();
+        else job.cancel(true);
       } catch {
         /* a job that can't be cancelled any more finishes on its own */
       }

@@ -97,7 +97,7 @@ export async function alignedPreadv(
 ): Promise<void> {
   const node = child.node;
   if (flags & ReqFlag.COPY_ON_READ) makeSerialising(req, node.getClusterSize());
-  await waitSerialising(req);
+  if (req.serialising || node.serialisingInFlight) await waitSerialising(req);
   if (flags & ReqFlag.COPY_ON_READ) {
     flags &= ~ReqFlag.COPY_ON_READ;
     let allocatedAll = false;
@@ -166,7 +166,7 @@ export async function pwritev(child: Child, offset: number, bytes: number, qiov:
   const t = traceEnabled() ? traceStart('write', node, offset, bytes, flags) : 0;
   node.inFlight++;
   try {
-    await waitForCopyUps(node, offset, bytes, flags);
+    if (node.copyUpLocks.size) await waitForCopyUps(node, offset, bytes, flags);
     const align = node.limits.requestAlignment;
     const req = trackRequest(node, offset, bytes, 'write');
     req.changesData = !(flags & ReqFlag.WRITE_UNCHANGED);
@@ -285,7 +285,7 @@ export async function alignedPwritev(
 ): Promise<void> {
   const node = child.node;
   if (flags & ReqFlag.SERIALISING) makeSerialising(req, node.getClusterSize());
-  await waitSerialising(req, (flags & ReqFlag.NO_WAIT) !== 0);
+  if (req.serialising || node.serialisingInFlight) await waitSerialising(req, (flags & ReqFlag.NO_WAIT) !== 0);
   checkWritePermission(child, offset, bytes, flags);
   if (
     !(flags & ReqFlag.ZERO_WRITE) &&
@@ -296,6 +296,7 @@ export async function alignedPwritev(
     flags |= ReqFlag.ZERO_WRITE;
     if (node.common.detectZeroes === 'unmap') flags |= ReqFlag.MAY_UNMAP;
   }
+  let ok = false;
   try {
     if (flags & ReqFlag.ZERO_WRITE) {
       await doPwriteZeroes(node, offset, bytes, flags);
@@ -314,13 +315,17 @@ export async function alignedPwritev(
         }
       }
     }
+    ok = true;
   } finally {
-    writeRequestFinish(node, offset, bytes, 'write');
+    writeRequestFinish(node, offset, bytes, ok ? 'write' : 'failed-write');
   }
 }
 
-/** bdrv_co_write_req_finish(): grow the node past its end, mark dirty bitmaps. */
-function writeRequestFinish(node: BlockNode, offset: number, bytes: number, type: 'write' | 'discard'): void {
+/**
+ * bdrv_co_write_req_finish(): grow the node past its end (only after a successful write), mark dirty bitmaps
+ * (even after a failure: what the write did is unknown).
+ */
+function writeRequestFinish(node: BlockNode, offset: number, bytes: number, type: 'write' | 'failed-write' | 'discard'): void {
   node.writeGen++;
   const end = offset + bytes;
   if (type === 'write' && end > node.totalBytes) {

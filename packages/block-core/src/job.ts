@@ -63,6 +63,7 @@ export type IoStatus = 'ok' | 'failed' | 'nospace';
 export const JOB_SLICE_MS = 100;
 
 const JOB_ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A group of jobs that succeed or fail together. */
 export class JobTxn {
@@ -160,9 +161,10 @@ export abstract class Job implements ChildParent {
   protected abstract run(): Promise<void>;
   /** Graph changes before the job's result is committed; a throw aborts the transaction. */
   protected prepare?(): Promise<void> | void;
-  protected commit?(): void;
-  protected abort?(): void;
-  protected clean?(): void;
+  /** May be async (graph changes drain nodes); the job concludes after it settles. */
+  protected commit?(): Promise<void> | void;
+  protected abort?(): Promise<void> | void;
+  protected clean?(): Promise<void> | void;
   /** Called at a pause point before parking (mirror waits for its I/O here). */
   protected onPause?(): Promise<void> | void;
   protected onResume?(): void;
@@ -171,7 +173,7 @@ export abstract class Job implements ChildParent {
   /** Return the effective force (mirror: a soft cancel in READY stays soft). */
   protected onCancel?(force: boolean): boolean;
   protected onSetSpeed?(speed: number): void;
-  protected onChange?(opts: Record<string, unknown>): void;
+  protected onChange?(opts: Record<string, unknown>): Promise<void> | void;
   /** Extra drain condition: true while the job still has I/O in flight. */
   protected drainedPollExtra?(): boolean;
   /** The device name events report (QEMU reports the job ID). */
@@ -302,7 +304,7 @@ export abstract class Job implements ChildParent {
         const j = txn.jobs.values().next().value as Job | undefined;
         if (!j) break;
         if (!j.isCompleted()) await j.finishSync();
-        j.finalizeSingle();
+        await j.finalizeSingle();
         txn.jobs.delete(j);
       }
     })();
@@ -352,26 +354,26 @@ export abstract class Job implements ChildParent {
       failed.completedTxnAbort();
       return;
     }
-    for (const j of [...txn.jobs]) j.finalizeSingle();
+    for (const j of [...txn.jobs]) await j.finalizeSingle();
   }
 
   /** job_finalize_single(): commit or abort, clean, events, CONCLUDED (and NULL when auto-dismissed). */
-  private finalizeSingle(): void {
+  private async finalizeSingle(): Promise<void> {
     if (this.finalized) return;
     this.finalized = true;
     // Late failures (a transaction peer failed after we finished) still get abort().
     this.updateRc();
     if (!this.error) {
       try {
-        this.commit?.();
+        await this.commit?.();
       } catch (e) {
         this.error = toBlockError(e);
         this.updateRc();
       }
     } else {
-      this.runHook('abort', () => this.abort?.());
+      await this.runHook('abort', () => this.abort?.());
     }
-    this.runHook('clean', () => this.clean?.());
+    await this.runHook('clean', () => this.clean?.());
     if (this.started) {
       if (this.isCancelled()) {
         this.graph.emit('BLOCK_JOB_CANCELLED', { type: this.type, device: this.device, len: this.progress.total, offset: this.progress.current, speed: this.speed });
@@ -388,9 +390,9 @@ export abstract class Job implements ChildParent {
     else this.notifyFinished();
   }
 
-  private runHook(name: string, fn: () => void): void {
+  private async runHook(name: string, fn: () => Promise<void> | void): Promise<void> {
     try {
-      fn();
+      await fn();
     } catch (e) {
       // abort()/clean() can't fail the job any more; the job must still conclude.
       trace('job.hook-error', { id: this.id, hook: name, error: String(e) });
@@ -518,10 +520,14 @@ export abstract class Job implements ChildParent {
   }
 
   /** block-job-change. */
-  change(opts: Record<string, unknown>): void {
+  change(opts: Record<string, unknown>): Promise<void> {
     this.applyVerb('change');
     if (!this.onChange) throw new BlockError('ENOTSUP', 'Job type does not support change');
-    this.onChange(opts);
+    try {
+      return Promise.resolve(this.onChange(opts));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   // --- inside run() ----------------------------------------------------------------------------------------
@@ -557,7 +563,8 @@ export abstract class Job implements ChildParent {
         this.busy = true;
         resolve();
       };
-      if (ms >= 0) this.timer = setTimeout(() => this.wakeFn?.(), ms);
+      // Timers can't wait longer than 2^31-1 ms; a longer sleep just ends early (callers re-check and sleep again).
+      if (ms >= 0) this.timer = setTimeout(() => this.wakeFn?.(), Math.min(ms, MAX_TIMER_MS));
     });
     this.graph.kick();
     return done;

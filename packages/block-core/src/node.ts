@@ -127,13 +127,8 @@ export class BlockNode implements ChildParent {
 
   /** bdrv_skip_filters(). */
   skipFilters(): BlockNode {
-    let n: BlockNode = this;
-    while (n.isFilter) {
-      const c = n.filteredChild();
-      if (!c) break;
-      n = c.node;
-    }
-    return n;
+    const c = this.isFilter ? this.filteredChild() : undefined;
+    return c ? c.node.skipFilters() : this;
   }
 
   /** Cluster size for copy-on-read rounding and mirror granularity; request alignment when there is none. */
@@ -208,16 +203,20 @@ export class BlockNode implements ChildParent {
     return drainPoll(this);
   }
 
-  childResized(_child: Child): void {
-    // Formats and filters learn their new size from their driver; a filter forwards its child's size.
-    if (this.isFilter) {
-      const c = this.filteredChild();
-      if (c) {
-        this.totalBytes = c.node.totalBytes;
-        for (const bm of this.dirtyBitmaps) bm.resize(this.totalBytes);
-        for (const p of this.parents) p.parent.childResized?.(p);
-      }
+  childResized(child: Child): void {
+    // A filter's size is its child's; a driver that follows a child's size says so with its own hook.
+    let size: number | undefined;
+    if (this.impl.childResized) {
+      this.impl.childResized(child);
+      const len = this.impl.getLength();
+      if (typeof len === 'number') size = len;
+    } else if (this.isFilter && child === this.filteredChild()) {
+      size = child.node.totalBytes;
     }
+    if (size === undefined || size === this.totalBytes) return;
+    this.totalBytes = size;
+    for (const bm of this.dirtyBitmaps) bm.resize(size);
+    for (const p of this.parents) p.parent.childResized?.(p);
   }
 }
 

@@ -90,7 +90,7 @@ export function storagePerms(role: ChildRoles, parent: PermPair, writable: boole
   if (role & ChildRole.DATA) {
     shared &= ~Perm.RESIZE;
     // Copy-on-read write-back allocates clusters in the format: a real write on the file.
-    if (perm & Perm.WRITE_UNCHANGED) perm = (perm & ~Perm.WRITE_UNCHANGED) | Perm.WRITE;
+    if (perm & Perm.WRITE_UNCHANGED) perm |= Perm.WRITE;
     if (perm & Perm.WRITE) perm |= Perm.RESIZE;
   }
   return { perm, shared };

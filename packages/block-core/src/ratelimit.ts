@@ -8,10 +8,10 @@ export class RateLimit {
 
   constructor(private readonly now: () => number = () => (typeof performance !== 'undefined' ? performance.now() : Date.now())) {}
 
-  /** `speed` bytes per second; 0 = unlimited. */
+  /** `speed` bytes per second; 0 = unlimited. The quota is whole bytes per slice, at least one (as QEMU's uint64). */
   setSpeed(speed: number, sliceMs: number): void {
     this.sliceMs = sliceMs;
-    this.sliceQuota = speed === 0 ? 0 : Math.max((speed * sliceMs) / 1000, 1);
+    this.sliceQuota = speed === 0 ? 0 : Math.max(Math.floor((speed * sliceMs) / 1000), 1);
   }
 
   /** Account `n` bytes; returns how many ms to wait before going on. */

@@ -13,6 +13,7 @@ import type { IOVector } from './iovec.js';
 import type { OptionSchema, Options } from './options.js';
 import type { PermBits, PermPair, ChildRoles } from './perm.js';
 import type { ReqFlags } from './flags.js';
+import type { BlockErrorCode } from './errors.js';
 
 export const BLOCK_DRIVER_SPEC_VERSION = 1 as const;
 
@@ -120,6 +121,11 @@ export interface CheckResult {
   firstPass?: { corruptions: number; leaks: number };
   /** Rebuilt refcount structures etc. — extra lines for the human output. */
   notes?: string[];
+  /**
+   * The check could not complete (QEMU's bdrv_check returned -errno): qemu-img then prints no report, only
+   * "Check failed: <strerror>", and exits with 1. The counters are not meaningful.
+   */
+  checkFailed?: BlockErrorCode;
 }
 
 export type CheckFix = 'none' | 'leaks' | 'all';
@@ -149,6 +155,11 @@ export interface BlockDriverInstance {
   readonly supportedReadFlags?: ReqFlags;
   readonly supportedWriteFlags?: ReqFlags;
   readonly supportedZeroFlags?: ReqFlags;
+  /**
+   * A child changed size (someone resized the node below). Drivers whose size follows a child's (raw without
+   * a window) update themselves here; the core then re-reads `getLength()` if it answers synchronously.
+   */
+  childResized?(child: Child): void;
   /** Called whenever the graph below changes; the core merges the children's limits first. */
   refreshLimits?(merged: BlockLimits): Partial<BlockLimits>;
   /** A name that describes the data, e.g. the file name; formats inherit their file's. */

@@ -100,12 +100,14 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
         mark(offset, end - offset, 0);
       },
       blockStatus(_wantZero: boolean, offset: number, bytes: number) {
-        const first = Math.floor(offset / 512);
-        const v = alloc[first] ?? 0;
-        let s = first + 1;
-        const lastSector = Math.ceil((offset + bytes) / 512);
-        while (s < lastSector && (alloc[s] ?? 0) === v) s++;
-        const pnum = Math.max(alignment, Math.min(s * 512, offset + bytes) - offset);
+        // Answers cover whole request-alignment blocks; a block reads as zeroes only if none of its sectors is
+        // allocated (the unaligned head or tail of a discard can leave a block partly allocated).
+        const unit = Math.max(alignment, 512);
+        const allocated = (u: number): number => (alloc.subarray((u * unit) / 512, ((u + 1) * unit) / 512).includes(1) ? 1 : 0);
+        let u = Math.floor(offset / unit);
+        const v = allocated(u++);
+        while (u * unit < offset + bytes && allocated(u) === v) u++;
+        const pnum = Math.min(u * unit, offset + bytes) - offset;
         return {
           status: (v ? BlockStatus.DATA : BlockStatus.ZERO) | BlockStatus.OFFSET_VALID,
           pnum,
@@ -194,7 +196,9 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
         each(offset, bytes, (c) => (state[c] = 2));
       },
       async pdiscard(offset: number, bytes: number) {
-        each(offset, bytes, (c) => (state[c] = backing ? 2 : 0));
+        // Only whole clusters: the core passes unaligned heads and tails down too (as QEMU does), and
+        // those must keep their data (qcow2 ignores them the same way).
+        for (let c = Math.ceil(offset / cluster); (c + 1) * cluster <= offset + bytes; c++) state[c] = backing ? 2 : 0;
       },
       blockStatus(_wantZero: boolean, offset: number, bytes: number) {
         const c0 = Math.floor(offset / cluster);

@@ -131,13 +131,25 @@ describe('copy-on-read filter', () => {
     expect(top.inFlight).toBe(0);
   });
 
-  it('refuses insertion with a clear permission error when a parent unshares WRITE_UNCHANGED', async () => {
+  it('moves even a strict parent above itself (as QEMU’s bdrv_append checks the new graph once)', async () => {
     const { g, top } = await chain();
     const strict: BlockBackend = g.backend(top, { name: 'strict', perm: R, shared: R });
-    await expect(insertCopyOnRead(g, 'top', { nodeName: 'cor' })).rejects.toThrow(
-      /Permission conflict on node 'top': permissions 'write unchanged' are both required by node 'cor'/,
-    );
+    const cor = await insertCopyOnRead(g, 'top', { nodeName: 'cor' });
+    expect(strict.root!.node).toBe(cor);
+    await removeCopyOnRead(g, 'cor');
     expect(strict.root!.node).toBe(top);
+  });
+
+  it('refuses insertion with a clear permission error where its needs conflict, and changes nothing', async () => {
+    const { g } = await chain();
+    // Copy-on-read writes into the node below: impossible on a read-only node.
+    const ro = await g.addNode({ driver: 'test-cow', nodeName: 'ro', file: { driver: 'test-mem', size: SIZE }, size: SIZE, readOnly: true });
+    const reader = g.backend(ro, { name: 'reader', perm: R, shared: R | WU });
+    await expect(insertCopyOnRead(g, 'ro', { nodeName: 'cor' })).rejects.toThrow(
+      "Cannot insert filter 'cor': Read-only block node 'ro' cannot support read-write users",
+    );
+    expect(reader.root!.node).toBe(ro);
     expect(g.findNode('cor')).toBeUndefined();
+    expect(ro.parents).toHaveLength(1);
   });
 });

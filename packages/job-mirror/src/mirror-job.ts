@@ -453,7 +453,8 @@ export class MirrorJob extends Job {
     if (!this.cowBitmap) return;
     const g = this.granularity;
     const needCow = !this.cowGet(Math.floor(op.offset / g)) || !this.cowGet(Math.floor((op.offset + op.bytes - 1) / g));
-    let [aOff, aBytes] = needCow ? this.roundToTargetSubclusters(op.offset, op.bytes) : [op.offset, op.bytes];
+    const [aOff, rounded] = needCow ? this.roundToTargetSubclusters(op.offset, op.bytes) : [op.offset, op.bytes];
+    let aBytes = rounded;
     const maxBytes = this.pool.granularity * Math.floor(Math.max(this.bufSize, this.targetClusterSize) / g);
     if (aBytes > maxBytes) {
       aBytes = maxBytes;

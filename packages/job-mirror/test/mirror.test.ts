@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlockError, isAllocated } from '@blockgraph/block-core';
 import { startMirror } from '../src/index.js';
-import { firstDiff, R, setup, statusSequence, W } from './helpers.js';
+import { firstDiff, R, setup, statusSequence, W, WU } from './helpers.js';
 
 describe('mirror: argument errors worded as QEMU’s', () => {
   it('refuses bad arguments', async () => {
@@ -124,7 +124,8 @@ describe('mirror: write-blocking mode', () => {
   });
 
   it('refuses a writer that would bypass the mirror node, and allows it in background mode', async () => {
-    const { g } = await setup({ fill: 'none', size: 1 << 20 });
+    // The guest itself would share WRITE: only the mirror node's rule stands in the way.
+    const { g } = await setup({ fill: 'none', size: 1 << 20, guestShared: R | W | WU });
     const job = await startMirror(g, { jobId: 'job0', device: 'src', target: 'tgt', sync: 'full', copyMode: 'write-blocking' });
     expect(() => g.backend('src', { name: 'sneaky', perm: R | W, shared: 15 })).toThrow(
       /Permission conflict on node 'src': permissions 'write' are both required by block device 'sneaky'.*unshared by node '#block/,

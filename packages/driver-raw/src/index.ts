@@ -1,0 +1,16 @@
+/**
+ * @blockgraph/driver-raw, platform-neutral entry: the `raw` format and the `null-co` and `memory` protocols.
+ * The Node-only `file` protocol is in `@blockgraph/driver-raw/file`.
+ */
+import type { BlockDriver } from '@blockgraph/block-core';
+import { rawDriver } from './raw.js';
+import { nullCoDriver } from './null-co.js';
+import { memoryDriver } from './memory.js';
+
+export { rawDriver } from './raw.js';
+export { allocAlignedBuffer, isAlignedBuffer } from './aligned.js';
+export { nullCoDriver, NULL_CO_DEFAULT_SIZE } from './null-co.js';
+export { memoryDriver, MemoryStore, MEMORY_CHUNK_SIZE, getMemoryStore, deleteMemoryStore } from './memory.js';
+
+/** The platform-neutral drivers of this package: raw, null-co, memory. */
+export const rawDrivers: readonly BlockDriver[] = [rawDriver, nullCoDriver, memoryDriver];

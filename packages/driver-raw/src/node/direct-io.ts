@@ -1,0 +1,149 @@
+/**
+ * cache.direct=on (O_DIRECT): the kernel moves data straight between the device and the caller's memory, so
+ * offsets, lengths *and buffer addresses* must be aligned. The core aligns offsets and lengths (the node's
+ * request alignment); buffers that are not aligned in memory — anything not carved from
+ * {@link allocAlignedBuffer} at an aligned offset — go through aligned bounce buffers from a small pool.
+ *
+ * Short transfers: an O_DIRECT read that stops early has reached EOF (the rest reads as zeroes; continuing at
+ * an unaligned offset would fail with EINVAL, QEMU's handle_aiocb_rw_linear makes the same assumption); a
+ * short write is an error.
+ */
+import * as fs from 'node:fs';
+import { BlockError, type IOVector } from '@blockgraph/block-core';
+import { allocAlignedBuffer, isAlignedBuffer } from '../aligned.js';
+import { ioError } from './fs-io.js';
+
+/** Largest request in O_DIRECT mode (the node's max-transfer): bounce buffers are at most this big. */
+export const DIRECT_MAX_TRANSFER = 16 * 1024 * 1024;
+/** Bounce buffers are carved out of slabs of this size (each slab is one WebAssembly.Memory). */
+const SLAB = 4 * 1024 * 1024;
+/** Free buffers kept per size class. */
+const KEEP_PER_CLASS = 16;
+
+/** Aligned bounce buffers in power-of-two size classes. */
+export class BouncePool {
+  private readonly free = new Map<number, Uint8Array[]>();
+
+  constructor(private readonly minSize: number) {}
+
+  private classOf(bytes: number): number {
+    let c = this.minSize;
+    while (c < bytes) c *= 2;
+    return c;
+  }
+
+  get(bytes: number): Uint8Array {
+    const c = this.classOf(bytes);
+    const list = this.free.get(c);
+    const hit = list?.pop();
+    if (hit) return hit;
+    if (c >= SLAB) return allocAlignedBuffer(c);
+    // Carve a slab into buffers of this class; keep the rest for later.
+    const slab = allocAlignedBuffer(SLAB);
+    const out: Uint8Array[] = [];
+    for (let off = c; off + c <= SLAB && out.length < KEEP_PER_CLASS; off += c) out.push(slab.subarray(off, off + c));
+    this.free.set(c, [...(list ?? []), ...out]);
+    return slab.subarray(0, c);
+  }
+
+  put(buf: Uint8Array): void {
+    const c = buf.byteLength;
+    const list = this.free.get(c) ?? [];
+    if (list.length < KEEP_PER_CLASS) list.push(buf);
+    this.free.set(c, list);
+  }
+}
+
+/** Every buffer of `iov` starts at an `align`-aligned address and is a multiple of `align` long. */
+export function iovAligned(iov: readonly Uint8Array[], align: number): boolean {
+  for (const b of iov) if (b.byteLength % align !== 0 || !isAlignedBuffer(b, align)) return false;
+  return true;
+}
+
+function readOnce(fd: number, iov: readonly Uint8Array[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    if (iov.length === 1) {
+      const b = iov[0]!;
+      fs.read(fd, b, 0, b.byteLength, pos, (err, n) => (err ? reject(ioError(err)) : resolve(n)));
+    } else {
+      fs.readv(fd, iov as Uint8Array[], pos, (err, n) => (err ? reject(ioError(err)) : resolve(n)));
+    }
+  });
+}
+
+function writeOnce(fd: number, iov: readonly Uint8Array[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    if (iov.length === 1) {
+      const b = iov[0]!;
+      fs.write(fd, b, 0, b.byteLength, pos, (err, n) => (err ? reject(ioError(err)) : resolve(n)));
+    } else {
+      fs.writev(fd, iov as Uint8Array[], pos, (err, n) => (err ? reject(ioError(err)) : resolve(n)));
+    }
+  });
+}
+
+/** Zero everything of `iov` from byte `from` on. */
+function zeroFrom(iov: readonly Uint8Array[], from: number): void {
+  for (const b of iov) {
+    if (from >= b.byteLength) {
+      from -= b.byteLength;
+      continue;
+    }
+    b.fill(0, from);
+    from = 0;
+  }
+}
+
+/** An O_DIRECT read into `qiov` (aligned offset and length), bouncing when its memory is not aligned. */
+export async function directPreadv(fd: number, offset: number, bytes: number, qiov: IOVector, align: number, pool: BouncePool): Promise<void> {
+  if (iovAligned(qiov.iov, align)) {
+    const n = await readOnce(fd, qiov.iov, offset);
+    if (n < bytes) zeroFrom(qiov.iov, n);
+    return;
+  }
+  const bounce = pool.get(bytes);
+  try {
+    const view = bounce.subarray(0, bytes);
+    const n = await readOnce(fd, [view], offset);
+    if (n < bytes) view.fill(0, n);
+    qiov.copyFrom(view, 0);
+  } finally {
+    pool.put(bounce);
+  }
+}
+
+/** An O_DIRECT write of `qiov` (aligned offset and length), bouncing when its memory is not aligned. */
+export async function directPwritev(fd: number, offset: number, bytes: number, qiov: IOVector, align: number, pool: BouncePool): Promise<void> {
+  let n: number;
+  if (iovAligned(qiov.iov, align)) {
+    n = await writeOnce(fd, qiov.iov, offset);
+  } else {
+    const bounce = pool.get(bytes);
+    try {
+      const view = bounce.subarray(0, bytes);
+      qiov.copyTo(view, 0, bytes);
+      n = await writeOnce(fd, [view], offset);
+    } finally {
+      pool.put(bounce);
+    }
+  }
+  if (n !== bytes) throw new BlockError('EIO', `Short O_DIRECT write: ${n} of ${bytes} bytes`);
+}
+
+/**
+ * raw_probe_alignment() for a regular file: the smallest of 1, 512, 1024, 2048, 4096 that an O_DIRECT read
+ * at offset 0 accepts; 1 means "could not tell" (an empty file reads 0 bytes at any size) and becomes 4096.
+ */
+export function probeDirectAlignment(fd: number): number {
+  const buf = allocAlignedBuffer(4096);
+  if (!isAlignedBuffer(buf)) return 4096;
+  for (const align of [1, 512, 1024, 2048, 4096]) {
+    try {
+      fs.readSync(fd, buf, 0, align, 0);
+      return align === 1 ? 4096 : align;
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'EINVAL') return align === 1 ? 4096 : align;
+    }
+  }
+  throw new BlockError('EINVAL', 'Could not find working O_DIRECT alignment\nTry cache.direct=off');
+}
