@@ -1,0 +1,12 @@
+export {
+  runDriverConformance,
+  conformanceTests,
+  type ConformanceOptions,
+  type ConformanceSubject,
+  type ConformanceTestInfo,
+  type CapabilityName,
+} from './conformance/index.js';
+export { SEED_ENV, DEFAULT_BASE_SEED } from './conformance/harness.js';
+export { ByteModel, describeMismatch, type ModelMismatch, type ModelWrite } from './model.js';
+export { xorshift, deriveSeed, formatSeed, hashString, type Prng } from './prng.js';
+export { ConformanceError, assert, assertEqual, assertRejects, isBlockErrorLike, within } from './assert.js';
