@@ -118,6 +118,23 @@ describeRequiring('native helper', missingHelper, () => {
     expect(['ofd', 'posix']).toContain(n.lockKind());
   });
 
+  describe('preadNoWait', () => {
+    it('reads cached data on the calling thread and answers -1/-2 when it cannot', () => {
+      const n = native();
+      const fd = open('nowait.img', 'w+');
+      writeSync(fd, fill(64 * KiB, 0x3c), 0, 64 * KiB, 0);
+      const buf = new Uint8Array(4 * KiB);
+      const got = n.preadNoWait!(fd, buf, 4 * KiB);
+      // A page-cache hit (just written) is served at once; -1 would mean "would block".
+      expect(got).toBe(4 * KiB);
+      expect(buf.every((v) => v === 0x3c)).toBe(true);
+      // Past the end of the file: nothing to read.
+      expect(n.preadNoWait!(fd, buf, 10 * MiB)).toBe(0);
+      expect(() => n.preadNoWait!(-1, buf, 0)).toThrow(expect.objectContaining({ code: 'EBADF' }));
+      expect(() => n.preadNoWait!(fd, 'x' as unknown as Uint8Array, 0)).toThrow(/Uint8Array/);
+    });
+  });
+
   describe('seekData / seekHole', () => {
     it('find the data and holes of a sparse file, and answer -1 where there is no more', () => {
       const n = native();

@@ -128,6 +128,9 @@ function closeQuietly(fd: number): void {
   }
 }
 
+/** Reads up to this size try preadv2(RWF_NOWAIT) on the event loop's thread first. */
+const NOWAIT_MAX_BYTES = 128 * 1024;
+
 /** An open regular file, without the native helper: plain reads, writes, fdatasync, truncate. */
 class FileInstance implements BlockDriverInstance {
   fd: number;
@@ -140,6 +143,8 @@ class FileInstance implements BlockDriverInstance {
   pendingReopen: PendingReopen | null = null;
   /** Set with cache.direct=on (the fd has O_DIRECT). */
   direct: DirectIo | null = null;
+  /** Small reads try the page cache on this thread first (preadv2 RWF_NOWAIT) before the thread pool. */
+  private noWait: boolean;
 
   constructor(
     fd: number,
@@ -151,6 +156,7 @@ class FileInstance implements BlockDriverInstance {
     this.fd = fd;
     this.filename = filename;
     this.readOnly = readOnly;
+    this.noWait = typeof native?.preadNoWait === 'function';
   }
 
   getLength(): number {
@@ -165,6 +171,13 @@ class FileInstance implements BlockDriverInstance {
   preadv(offset: number, bytes: number, qiov: IOVector): Promise<void> {
     if (this.direct) return directPreadv(this.fd, offset, bytes, qiov, this.direct.align, this.direct.pool);
     const iov = qiov.iov;
+    // A page-cache hit costs microseconds here against tens for a thread-pool round trip. Larger reads stay
+    // in the pool, where copies run in parallel without holding up the event loop.
+    if (this.noWait && iov.length === 1 && bytes <= NOWAIT_MAX_BYTES) {
+      const n = this.native!.preadNoWait!(this.fd, iov[0]!, offset);
+      if (n === bytes) return Promise.resolve();
+      if (n === -2) this.noWait = false;
+    }
     return iov.length === 1 ? preadFull(this.fd, iov[0]!, offset) : preadvFull(this.fd, iov, bytes, offset);
   }
 

@@ -70,6 +70,14 @@ export interface NativeHelper {
   lockKind(): LockKind;
   /** Force a lock kind for this JS environment (tests of the POSIX fallback); 'ofd' fails without kernel support. */
   setLockKind(kind: LockKind): void;
+  /**
+   * preadv2(RWF_NOWAIT) into `buf` at `position`, on the calling thread: the bytes read when the data is in
+   * the page cache, -1 when reading would block, -2 when RWF_NOWAIT is not supported. (Absent in helpers built
+   * before version 1.1.)
+   */
+  preadNoWait?(fd: number, buf: Uint8Array, position: number): number;
+  /** pwritev2(RWF_NOWAIT): as preadNoWait; most file systems refuse it for buffered writes (-2). */
+  pwriteNoWait?(fd: number, buf: Uint8Array, position: number): number;
 }
 
 let cachedHelper: NativeHelper | null | undefined;
