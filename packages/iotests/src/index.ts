@@ -10,3 +10,19 @@ export { SEED_ENV, DEFAULT_BASE_SEED } from './conformance/harness.js';
 export { ByteModel, describeMismatch, type ModelMismatch, type ModelWrite } from './model.js';
 export { xorshift, deriveSeed, formatSeed, hashString, type Prng } from './prng.js';
 export { ConformanceError, assert, assertEqual, assertRejects, isBlockErrorLike, within } from './assert.js';
+export {
+  blkdebugDriver,
+  blkdebugOf,
+  findBlkdebug,
+  parseBlkdebugConfig,
+  BlkdebugController,
+  BLKDEBUG_EVENTS,
+  BLKDEBUG_IO_TYPES,
+  type BlkdebugEvent,
+  type BlkdebugIoType,
+  type BlkdebugInjectError,
+  type BlkdebugSetState,
+  type BlkdebugOptions,
+  type BlkdebugPermName,
+} from './blkdebug.js';
+export { testThrottleDriver, type ThrottleOptions } from './scenarios/throttle.js';

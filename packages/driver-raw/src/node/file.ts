@@ -129,7 +129,7 @@ function closeQuietly(fd: number): void {
 }
 
 /** Reads up to this size try preadv2(RWF_NOWAIT) on the event loop's thread first. */
-const NOWAIT_MAX_BYTES = 128 * 1024;
+const NOWAIT_MAX_BYTES = 1024 * 1024;
 
 /** An open regular file, without the native helper: plain reads, writes, fdatasync, truncate. */
 class FileInstance implements BlockDriverInstance {
