@@ -553,6 +553,65 @@ export class Graph {
     });
   }
 
+  /**
+   * blockdev-snapshot: `overlay` (opened without a backing file) gets `node` as its backing file and takes over
+   * all of `node`'s parents, in one transaction inside a drained section.
+   */
+  async snapshot(nameOrNode: string | BlockNode, overlayName: string | BlockNode): Promise<void> {
+    const node = this.getNode(nameOrNode);
+    const overlay = this.getNode(overlayName);
+    if (!overlay.capabilities.backing) throw new BlockError('ENOTSUP', `The overlay does not support backing images`);
+    if (overlay.backing) throw new BlockError('EINVAL', `The overlay already has a backing image`);
+    if (overlay.parents.length) throw new BlockError('EBUSY', `The overlay is already in use`);
+    await withDrained([node, overlay], () =>
+      Transaction.run((tran) => {
+        this.attachEdge(overlay, node, 'backing', ChildRole.COW, tran);
+        this.replaceNodeNoPerm(node, overlay, tran);
+        refreshPerms([overlay, node], tran);
+      }),
+    );
+    overlay.impl.backingChanged?.();
+  }
+
+  /**
+   * blockdev-reopen with a `backing` option: give `node` another backing file (or none). Refused on frozen
+   * links and on permission conflicts; nothing changes then.
+   */
+  async setBacking(nameOrNode: string | BlockNode, backing: string | BlockNode | null): Promise<void> {
+    const node = this.getNode(nameOrNode);
+    if (!node.capabilities.backing) {
+      throw new BlockError('ENOTSUP', `Driver '${node.driver.name}' of node '${node.nodeName}' does not support backing files`);
+    }
+    const next = backing === null ? null : this.getNode(backing);
+    const old = node.backing;
+    if (old?.frozen) {
+      throw new BlockError('EPERM', `Cannot change '${old.name}' link from '${node.nodeName}' to '${old.node.nodeName}'`);
+    }
+    const nodes = [node, ...(old ? [old.node] : []), ...(next ? [next] : [])];
+    await withDrained(nodes, () =>
+      Transaction.run((tran) => {
+        if (old) {
+          this.detachEdge(old);
+          tran.add({ abort: () => this.reattachEdge(old) });
+        }
+        if (next) this.attachEdge(node, next, 'backing', ChildRole.COW, tran);
+        refreshPerms([node, ...(old ? [old.node] : [])], tran);
+      }),
+    );
+    node.impl.backingChanged?.();
+    if (old && old.node.implicit && old.node.parents.length === 0) await this.closeNode(old.node);
+  }
+
+  /** Undo of detachEdge inside a transaction. */
+  private reattachEdge(c: Child): void {
+    c.parent.asNode?.children.push(c);
+    c.node.parents.push(c);
+    if (c.node.quiesceCounter > 0) {
+      c.quiescedParent = true;
+      c.parent.drainedBegin?.();
+    }
+  }
+
   /** Freeze the links from `top` down to `base` (exclusive) so nothing can change them while a job runs. */
   freezeChain(top: BlockNode, base: BlockNode | undefined): void {
     const links: Child[] = [];

@@ -140,7 +140,7 @@ export abstract class Job implements ChildParent {
     if (!JOB_ID_RE.test(opts.id)) throw new BlockError('EINVAL', `Invalid job ID '${opts.id}'`);
     if (graph.jobs.has(opts.id)) throw new BlockError('EEXIST', `Job ID '${opts.id}' already in use`);
     if (opts.speed !== undefined && !(Number.isSafeInteger(opts.speed) && opts.speed >= 0)) {
-      throw new BlockError('EINVAL', "Invalid parameter 'speed'");
+      throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
     }
     this.graph = graph;
     this.id = opts.id;
@@ -491,7 +491,7 @@ export abstract class Job implements ChildParent {
 
   setSpeed(speed: number): void {
     this.applyVerb('set-speed');
-    if (!Number.isSafeInteger(speed) || speed < 0) throw new BlockError('EINVAL', "Invalid parameter 'speed'");
+    if (!Number.isSafeInteger(speed) || speed < 0) throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
     const old = this.speed;
     this.limit.setSpeed(speed, JOB_SLICE_MS);
     this.speed = speed;

@@ -160,6 +160,8 @@ export interface BlockDriverInstance {
    * a window) update themselves here; the core then re-reads `getLength()` if it answers synchronously.
    */
   childResized?(child: Child): void;
+  /** The node's backing child was set, replaced or removed at runtime (blockdev-snapshot, blockdev-reopen). */
+  backingChanged?(): void;
   /** Called whenever the graph below changes; the core merges the children's limits first. */
   refreshLimits?(merged: BlockLimits): Partial<BlockLimits>;
   /** A name that describes the data, e.g. the file name; formats inherit their file's. */
@@ -222,7 +224,8 @@ export interface OpenContext {
   readonly readOnly: boolean;
   /**
    * Attach a child. `ref` is a node name (existing node) or an options object (a new implicit node). With
-   * `optional`, an undefined/null ref yields null instead of an error.
+   * `optional`, an undefined/null ref yields null instead of an error. A format's backing child can be
+   * replaced at runtime (Graph.snapshot, Graph.setBacking): read it from `node.backing` when you need it.
    */
   openChild(name: string, ref: unknown, role: ChildRoles, opts?: { optional?: boolean }): Promise<Child | null>;
   /**

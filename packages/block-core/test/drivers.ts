@@ -159,7 +159,9 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
   },
   async open(ctx, o) {
     const file = (await ctx.openChild('file', o.file, ChildRole.IMAGE))!;
-    const backing = await ctx.openChild('backing', o.backing, ChildRole.COW, { optional: true });
+    await ctx.openChild('backing', o.backing, ChildRole.COW, { optional: true });
+    // The backing child can change at runtime (snapshot, setBacking): look it up per request.
+    const node = ctx.node;
     const cluster = o.clusterSize as number;
     const size = o.size as number;
     // 0 unallocated, 1 data, 2 zero
@@ -178,6 +180,7 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
           const c = Math.floor((offset + done) / cluster);
           const n = Math.min(bytes - done, (c + 1) * cluster - offset - done);
           const part = qiov.slice(done, n);
+          const backing = node.backing;
           if (state[c] === 1) await file.preadv(offset + done, n, part);
           else if (state[c] === 0 && backing) {
             const blen = backing.node.totalBytes;
@@ -198,7 +201,7 @@ export const testCowDriver: BlockDriver = defineBlockDriver({
       async pdiscard(offset: number, bytes: number) {
         // Only whole clusters: the core passes unaligned heads and tails down too (as QEMU does), and
         // those must keep their data (qcow2 ignores them the same way).
-        for (let c = Math.ceil(offset / cluster); (c + 1) * cluster <= offset + bytes; c++) state[c] = backing ? 2 : 0;
+        for (let c = Math.ceil(offset / cluster); (c + 1) * cluster <= offset + bytes; c++) state[c] = node.backing ? 2 : 0;
       },
       blockStatus(_wantZero: boolean, offset: number, bytes: number) {
         const c0 = Math.floor(offset / cluster);

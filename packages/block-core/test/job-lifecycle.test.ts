@@ -250,12 +250,12 @@ describe('job creation and other messages', () => {
 
   it('refuses a negative speed at creation and in set-speed', () => {
     const { g } = newGraph();
-    expect(errorOf(() => new TestJob(g, { speed: -1 })).message).toBe("Invalid parameter 'speed'");
+    expect(errorOf(() => new TestJob(g, { speed: -1 })).message).toBe("Parameter 'speed' expects a non-negative value");
     expect(g.jobs.size).toBe(0);
     const job = new TestJob(g, { speed: 1000 });
     expect(job.query().speed).toBe(1000);
-    expect(errorOf(() => job.setSpeed(-5)).message).toBe("Invalid parameter 'speed'");
-    expect(errorOf(() => job.setSpeed(1.5)).message).toBe("Invalid parameter 'speed'");
+    expect(errorOf(() => job.setSpeed(-5)).message).toBe("Parameter 'speed' expects a non-negative value");
+    expect(errorOf(() => job.setSpeed(1.5)).message).toBe("Parameter 'speed' expects a non-negative value");
   });
 
   it('complete of a job that has no completion: "The active block job ... cannot be completed"', async () => {

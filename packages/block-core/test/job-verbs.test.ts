@@ -336,7 +336,7 @@ describe('verbs accepted by the verb table', () => {
       expect(job.query().speed).toBe(1 << 20);
       expect(job.speeds).toEqual([1 << 20]);
       expect(job.status).toBe(state);
-      expect(errorOf(() => job.setSpeed(-1)).message).toBe("Invalid parameter 'speed'");
+      expect(errorOf(() => job.setSpeed(-1)).message).toBe("Parameter 'speed' expects a non-negative value");
       expect(job.speed).toBe(1 << 20);
     });
   }

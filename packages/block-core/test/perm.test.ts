@@ -269,3 +269,45 @@ describe('graph changes', () => {
     await expect(child.pdiscard(0, 512)).rejects.toThrow(/without 'write' permission/);
   });
 });
+
+describe('external snapshots and backing changes', () => {
+  it('blockdev-snapshot puts an overlay above a node in use; reads fall through to it', async () => {
+    const g = new Graph({ drivers: testDrivers });
+    await mem(g, 'base');
+    const guest = g.backend('base', { name: 'guest', perm: R | W, shared: R | WU });
+    await guest.pwrite(0, new Uint8Array(8192).fill(4));
+    await mem(g, 'ovlfile');
+    const ovl = await g.addNode({ driver: 'test-cow', nodeName: 'ovl', file: 'ovlfile', size: 1 << 20 });
+    await g.snapshot('base', 'ovl');
+    expect(guest.root!.node).toBe(ovl);
+    expect(ovl.backing!.node.nodeName).toBe('base');
+    expect((await guest.read(0, 1))[0]).toBe(4);
+    await guest.pwrite(0, new Uint8Array(4096).fill(5));
+    expect((await guest.read(0, 1))[0]).toBe(5);
+    expect((await guest.read(4096, 1))[0]).toBe(4);
+    // The base is now a backing file: nobody may write it any more.
+    expect(() => g.backend('base', { perm: R | W, shared: PERM_ALL })).toThrow(/Permission conflict on node 'base'/);
+    await expect(g.snapshot('ovl', 'ovl')).rejects.toThrow('The overlay already has a backing image');
+  });
+
+  it('setBacking replaces or drops a backing file and refuses frozen links', async () => {
+    const g = new Graph({ drivers: testDrivers });
+    await mem(g, 'b1');
+    await mem(g, 'b2');
+    await mem(g, 'tf');
+    const b2 = g.backend('b2', { perm: R | W, shared: PERM_ALL });
+    await b2.pwrite(0, new Uint8Array([8]));
+    b2.remove();
+    const top = await g.addNode({ driver: 'test-cow', nodeName: 'top', file: 'tf', backing: 'b1', size: 1 << 20 });
+    const r = g.backend(top, { perm: R, shared: PERM_ALL });
+    expect((await r.read(0, 1))[0]).toBe(0);
+    await g.setBacking('top', 'b2');
+    expect((await r.read(0, 1))[0]).toBe(8);
+    expect(g.getNode('b1').parents).toHaveLength(0);
+    g.freezeChain(top, undefined);
+    await expect(g.setBacking('top', null)).rejects.toThrow("Cannot change 'backing' link from 'top' to 'b2'");
+    g.unfreezeChain(top, undefined);
+    await g.setBacking('top', null);
+    expect(top.backing).toBeUndefined();
+  });
+});
