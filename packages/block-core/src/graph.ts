@@ -286,14 +286,23 @@ export class Graph {
     }
   }
 
-  /** Open a protocol node, probe (or take) the format, open the format node on top. */
-  private async openImageNode(protocolOpts: Options, format: string | undefined, inherited: Partial<CommonNodeOptions>): Promise<BlockNode> {
+  /**
+   * Open a protocol node, probe (or take) the format, open the format node on top with `formatOptions`
+   * (runtime options of the format, e.g. `backing: null`) and `common` (node name, read-only, ...).
+   */
+  private async openImageNode(
+    protocolOpts: Options,
+    format: string | undefined,
+    inherited: Partial<CommonNodeOptions>,
+    formatOptions: Options = {},
+    common: Options = {},
+  ): Promise<BlockNode> {
     const proto = await this.openNode(normaliseOptions(protocolOpts), inherited, true);
     try {
       let fmt = format;
       if (fmt === undefined) fmt = (await this.probeFormat(proto)).name;
       if (this.registry.get(fmt).kind === 'protocol') return proto;
-      return await this.openNode({ driver: fmt, file: proto.nodeName }, inherited, true);
+      return await this.openNode({ ...inheritedAsOptions(inherited), ...formatOptions, ...common, driver: fmt, file: proto.nodeName }, inherited, !common.nodeName);
     } catch (e) {
       if (proto.parents.length === 0) await this.closeNode(proto).catch(() => undefined);
       throw e;
@@ -326,27 +335,27 @@ export class Graph {
     if (opts.readOnly !== undefined) common.readOnly = opts.readOnly;
     if (opts.forceShare !== undefined) common.forceShare = opts.forceShare;
     if (opts.nodeName !== undefined) common.nodeName = opts.nodeName;
+    const inh = { readOnly: opts.readOnly ?? false, forceShare: opts.forceShare ?? false, discard: 'unmap' as const };
     if (json) {
       const merged = normaliseOptions({ ...json, ...extra });
       if (opts.format && !merged.driver) merged.driver = opts.format;
-      if (typeof merged.driver === 'string' && this.registry.has(merged.driver) && this.registry.get(merged.driver).kind !== 'protocol') {
-        return this.openNode({ ...merged, ...common }, undefined, false);
+      const driver = typeof merged.driver === 'string' && this.registry.has(merged.driver) ? this.registry.get(merged.driver) : undefined;
+      if (driver && driver.kind !== 'protocol') return this.openNode({ ...merged, ...common }, undefined, false);
+      if (!merged.driver && typeof merged.file === 'object' && merged.file !== null) {
+        // json:{"file.filename": ...}: the format is probed, the other options are the format's.
+        const { file, ...formatOptions } = merged;
+        return this.openImageNode(file as Options, undefined, inh, formatOptions, common);
       }
-      const inh = { readOnly: opts.readOnly ?? false, forceShare: opts.forceShare ?? false, discard: 'unmap' as const };
       return this.openImageNode(merged, opts.format, inh);
     }
+    const { file: fileExtra, ...formatExtra } = extra;
+    const fileOpts: Options = { driver: 'file', filename, ...((fileExtra as Options | undefined) ?? {}) };
     if (opts.format) {
       const d = this.registry.get(opts.format);
       if (d.kind === 'protocol') return this.openNode({ driver: d.name, filename, ...extra, ...common, discard: 'unmap' }, undefined, false);
-      const fileOpts = (extra.file as Options | undefined) ?? {};
-      const { file: _f, ...rest } = extra;
-      return this.openNode({ driver: d.name, ...rest, ...common, file: { driver: 'file', filename, ...fileOpts } }, undefined, false);
+      return this.openNode({ driver: d.name, ...formatExtra, ...common, file: fileOpts }, undefined, false);
     }
-    return this.openImageNode({ driver: 'file', filename }, undefined, {
-      readOnly: opts.readOnly ?? false,
-      forceShare: opts.forceShare ?? false,
-      discard: 'unmap',
-    });
+    return this.openImageNode(fileOpts, undefined, inh, formatExtra, common);
   }
 
   /** Image creation (qemu-img create / blockdev-create): validates the driver's create options. */
@@ -362,6 +371,9 @@ export class Graph {
     const node = this.getNode(nameOrNode);
     if (node.implicit) throw new BlockError('EINVAL', `Node ${node.nodeName} is not owned by the monitor`);
     if (node.parents.some((p) => p.parent.parentKind === 'backend')) throw new BlockError('EBUSY', `Node ${node.nodeName} is in use`);
+    // A job's edge is QEMU's op blocker of block_job_add_bdrv() (qmp_blockdev_del checks blockers next).
+    const job = node.parents.find((p) => p.parent.parentKind === 'job')?.parent as Job | undefined;
+    if (job) throw new BlockError('EBUSY', `Node '${node.nodeName}' is busy: block device is in use by block job: ${job.type}`);
     if (node.parents.length) throw new BlockError('EBUSY', `Block device ${node.nodeName} is in use`);
     await this.closeNode(node);
   }
@@ -704,16 +716,25 @@ export class Graph {
 
   /** Cancel jobs, detach backends, close every node. */
   async close(): Promise<void> {
-    for (const job of [...this.jobs.values()]) {
-      try {
-        // QEMU dismisses concluded jobs at shutdown and force-cancels the others.
-        if (job.status === 'concluded') job.dismiss();
-        else job.cancel(true);
-      } catch {
-        /* a job that can't be cancelled any more finishes on its own */
+    // As QEMU's qemu_cleanup(): cancel the jobs inside a drained section of the whole graph, or cancelling is
+    // affected by throttling and may block for a long time (a drained throttle node lets its requests through;
+    // iotest 218). The section ends before the nodes are closed, so requests queued meanwhile settle.
+    const drained = this.jobs.size ? [...this.nodes.values()] : [];
+    for (const n of drained) drainBeginNoPoll(n);
+    try {
+      for (const job of [...this.jobs.values()]) {
+        try {
+          // QEMU dismisses concluded jobs at shutdown and force-cancels the others.
+          if (job.status === 'concluded') job.dismiss();
+          else job.cancel(true);
+        } catch {
+          /* a job that can't be cancelled any more finishes on its own */
+        }
       }
+      await this.waitWhile(() => [...this.jobs.values()].some((j) => !j.isTerminal()));
+    } finally {
+      for (const n of drained) if (!n.closed && n.quiesceCounter > 0) drainEnd(n);
     }
-    await this.waitWhile(() => [...this.jobs.values()].some((j) => !j.isTerminal()));
     for (const be of [...this.backends]) be.remove();
     for (;;) {
       const tops = [...this.nodes.values()].filter((n) => n.parents.length === 0);
@@ -721,6 +742,14 @@ export class Graph {
       for (const n of tops) await this.closeNode(n);
     }
   }
+}
+
+/** Inherited common options as explicit node options (for a format node opened on a probed protocol). */
+function inheritedAsOptions(inh: Partial<CommonNodeOptions>): Options {
+  const o: Options = {};
+  if (inh.readOnly !== undefined) o.readOnly = inh.readOnly;
+  if (inh.forceShare !== undefined) o.forceShare = inh.forceShare;
+  return o;
 }
 
 /** The protocol node at the bottom of a node's primary chain (where its file name comes from). */

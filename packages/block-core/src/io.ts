@@ -26,6 +26,8 @@ export const MAX_REQUEST_BYTES = 2 ** 31 - 512;
 export const MAX_BOUNCE_BUFFER = 16 * 2 ** 20;
 
 export const alignDown = (n: number, a: number): number => n - (n % a);
+/** QEMU counts sizes in 512-byte sectors: a 1000-byte file is a 1024-byte node whose tail reads as zeroes. */
+export const sectorRound = (n: number): number => Math.ceil(n / 512) * 512;
 export const alignUp = (n: number, a: number): number => {
   const r = n % a;
   return r ? n + a - r : n;
@@ -162,7 +164,8 @@ export async function pwritev(child: Child, offset: number, bytes: number, qiov:
   if (flags & ReqFlag.NO_WAIT && !(flags & ReqFlag.SERIALISING)) {
     throw new BlockError('EINVAL', 'NO_WAIT is only valid with SERIALISING');
   }
-  if (bytes === 0) return;
+  // An empty compressed write still reaches the driver: qcow2 pads its file end with one (qemu-img convert -c).
+  if (bytes === 0 && !(flags & ReqFlag.WRITE_COMPRESSED)) return;
   const t = traceEnabled() ? traceStart('write', node, offset, bytes, flags) : 0;
   node.inFlight++;
   try {
@@ -327,7 +330,8 @@ export async function alignedPwritev(
  */
 function writeRequestFinish(node: BlockNode, offset: number, bytes: number, type: 'write' | 'failed-write' | 'discard'): void {
   node.writeGen++;
-  const end = offset + bytes;
+  // Sizes are whole 512-byte sectors, as QEMU's total_sectors.
+  const end = sectorRound(offset + bytes);
   if (type === 'write' && end > node.totalBytes) {
     node.totalBytes = end;
     for (const bm of node.dirtyBitmaps) bm.resize(end);
@@ -545,7 +549,7 @@ export async function truncate(child: Child, offset: number, exact: boolean, pre
     await waitSerialising(req);
     if (impl.truncate) await impl.truncate(offset, exact, prealloc, flags);
     else await forward!.truncate(offset, exact, prealloc, flags);
-    node.totalBytes = await impl.getLength();
+    node.totalBytes = sectorRound(await impl.getLength());
     node.writeGen++;
     for (const bm of node.dirtyBitmaps) bm.resize(node.totalBytes);
     for (const p of node.parents) p.parent.childResized?.(p);

@@ -15,6 +15,7 @@ import { WaitQueue } from './wait-queue.js';
 import type { Options } from './options.js';
 import type { CopyUpLock } from './copy-on-read.js';
 import { drainBeginNoPoll, drainEnd, drainPoll } from './drain.js';
+import { sectorRound } from './io.js';
 
 export type DetectZeroes = 'off' | 'on' | 'unmap';
 
@@ -138,7 +139,7 @@ export class BlockNode implements ChildParent {
 
   /** Recompute size, limits and flags from the driver and the children (bdrv_refresh_limits). */
   async refresh(): Promise<void> {
-    this.totalBytes = await this.impl.getLength();
+    this.totalBytes = sectorRound(await this.impl.getLength());
     this.refreshLimits();
   }
 
@@ -209,7 +210,7 @@ export class BlockNode implements ChildParent {
     if (this.impl.childResized) {
       this.impl.childResized(child);
       const len = this.impl.getLength();
-      if (typeof len === 'number') size = len;
+      if (typeof len === 'number') size = sectorRound(len);
     } else if (this.isFilter && child === this.filteredChild()) {
       size = child.node.totalBytes;
     }

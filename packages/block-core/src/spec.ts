@@ -101,6 +101,16 @@ export interface DriverInfo {
   isDirty?: boolean;
   backingFilename?: string;
   backingFormat?: string;
+  /** Where internal snapshots keep VM state in the guest address space (qemu-io's "vm state offset"). */
+  vmStateOffset?: number;
+}
+
+/** qemu-img measure's answer (bytes). */
+export interface MeasureResult {
+  required: number;
+  fullyAllocated: number;
+  /** Bytes of persistent bitmaps that would be copied along (qcow2). */
+  bitmaps?: number;
 }
 
 /** qemu-img check's ImageCheck result. */
@@ -210,7 +220,10 @@ export interface BlockDriverInstance {
   close?(): Promise<void>;
 
   check?(fix: CheckFix): Promise<CheckResult>;
+  /** qemu-img amend: change creation options of an open image (validated against the driver's amendOptions). */
   amend?(options: Options): Promise<void>;
+  /** Rewrite the backing file name/format recorded in the image (qemu-img rebase, -u). */
+  changeBackingFile?(filename: string | undefined, format: string | undefined): Promise<void>;
   snapshotList?(): Promise<SnapshotInfo[]>;
   snapshotCreate?(info: { id?: string; name: string; dateSec?: number; dateNsec?: number }): Promise<void>;
   snapshotGoto?(idOrName: string): Promise<void>;
@@ -246,6 +259,13 @@ export interface BlockDriver {
   readonly options: OptionSchema;
   /** Options of `create` (qemu-img create -o). */
   readonly createOptions?: OptionSchema;
+  /** Options `amend` accepts (qemu-img amend -o). */
+  readonly amendOptions?: OptionSchema;
+  /**
+   * qemu-img measure: the file size an image with `createOptions` would need, for a disk of
+   * `createOptions.size` bytes or for the data of `source` (an open node) when given.
+   */
+  measure?(createOptions: Options, source?: BlockNode): Promise<MeasureResult>;
   /** Format probing: a score (higher wins) for the image's first bytes; 0 = not this format. */
   probe?(head: Uint8Array, filename: string | undefined): number;
   open(ctx: OpenContext, options: Options): Promise<BlockDriverInstance>;

@@ -5,6 +5,7 @@
  * it is DATA|PRIMARY (QEMU's raw_open()).
  */
 import {
+  type DriverInfo,
   BlockError,
   BlockStatus,
   ChildRole,
@@ -131,6 +132,11 @@ class RawInstance implements BlockDriverInstance {
     let perm = p.perm & ~(Perm.WRITE | Perm.RESIZE);
     perm |= parent.perm & (Perm.WRITE | Perm.RESIZE | Perm.WRITE_UNCHANGED);
     return { perm, shared: p.shared };
+  }
+
+  /** QEMU's raw answers with the file's info (a zeroed one for plain files): no cluster size, not dirty. */
+  getInfo(): DriverInfo {
+    return this.file.node.impl.getInfo?.() ?? {};
   }
 
   getAllocatedFileSize(): Promise<number> {

@@ -15,6 +15,7 @@
  */
 import * as fs from 'node:fs';
 import {
+  type DriverInfo,
   BlockError,
   BlockStatus,
   defineBlockDriver,
@@ -129,7 +130,7 @@ function closeQuietly(fd: number): void {
 }
 
 /** Reads up to this size try preadv2(RWF_NOWAIT) on the event loop's thread first. */
-const NOWAIT_MAX_BYTES = 1024 * 1024;
+const NOWAIT_MAX_BYTES = 128 * 1024;
 
 /** An open regular file, without the native helper: plain reads, writes, fdatasync, truncate. */
 class FileInstance implements BlockDriverInstance {
@@ -217,6 +218,11 @@ class FileInstance implements BlockDriverInstance {
     } finally {
       closeQuietly(fd);
     }
+  }
+
+  /** A plain file has no cluster size and is never dirty (QEMU answers with a zeroed BlockDriverInfo). */
+  getInfo(): DriverInfo {
+    return {};
   }
 
   async getAllocatedFileSize(): Promise<number> {

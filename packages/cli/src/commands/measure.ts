@@ -1,0 +1,100 @@
+/**
+ * blockgraph measure — qemu-img measure: the file size an image of the given format needs, for a new image of
+ * --size N or to hold an existing image's contents. raw is measured here (its answer is the virtual size,
+ * rounded up to 512); other formats answer through an optional `measure()` on their driver.
+ */
+import type { BlockDriver, BlockNode, Graph, Options } from '@blockgraph/block-core';
+import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, OUTPUT, parseArgs, parseOutputFormat } from '../lib/args.js';
+import { CliError, oneLine, type Ctx } from '../lib/context.js';
+import { createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';
+import { errMessage, openImage, withGraph } from '../lib/open.js';
+import { toQemuJsonPretty } from '../lib/qjson.js';
+import { isValidOptionList } from '../lib/qemu-opts.js';
+import { formatDriver } from './convert.js';
+
+export interface MeasureInfo {
+  required: number;
+  fullyAllocated: number;
+  bitmaps?: number;
+}
+
+/** What a driver may offer for `measure` (bdrv_measure). */
+type Measurable = BlockDriver & {
+  measure?(graph: Graph, options: Options, source: BlockNode | undefined): Promise<MeasureInfo> | MeasureInfo;
+};
+
+export async function run(ctx: Ctx, argv: string[]): Promise<number> {
+  const { options, operands } = parseArgs(argv, ':hf:O:o:l:U', [
+    HELP,
+    IMAGE_OPTS,
+    OBJECT,
+    OUTPUT,
+    { name: 'size', arg: 'required', key: 'size' },
+    FORCE_SHARE,
+  ]);
+  let fmt: string | undefined;
+  let outFmt = 'raw';
+  let opts: string | undefined;
+  let output: string | undefined;
+  let imgSize = -1;
+  let imageOpts = false;
+  let forceShare = false;
+  let snapshot: string | undefined;
+  for (const o of options) {
+    if (o.key === 'f') fmt = o.value;
+    else if (o.key === 'O') outFmt = o.value!;
+    else if (o.key === 'o') opts = accumulateOptions(opts, o.value!, isValidOptionList);
+    else if (o.key === 'l') snapshot = o.value;
+    else if (o.key === 'output') output = o.value;
+    else if (o.key === 'size') imgSize = cvtnum(ctx, 'image size', o.value!);
+    else if (o.key === 'image-opts') imageOpts = true;
+    else if (o.key === 'U') forceShare = true;
+    else if (o.key === 'object') throw new CliError('--object is not supported');
+  }
+  const format = parseOutputFormat(output);
+  if (operands.length > 1) throw new CliError(`Unexpected argument: ${operands[1]}`);
+  const filename = operands[0];
+  if (filename !== undefined && imgSize !== -1) throw new CliError('--size N cannot be used together with a filename.');
+  if (filename === undefined && imgSize === -1) throw new CliError('Either --size N or one filename must be specified.');
+
+  return withGraph(async (graph) => {
+    let source: BlockNode | undefined;
+    if (filename !== undefined) {
+      const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: true, forceShare, quiet: true });
+      source = img.top;
+      if (snapshot !== undefined) throw new CliError('Failed to load snapshot: loading internal snapshots is not supported');
+    }
+    const drv = formatDriver(graph, outFmt) as Measurable;
+    if (!drv.createOptions || !drv.create) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
+    const allowed = [...createOptionList(drv).map(([k]) => k), ...createOptionList(graph.registry.get('file')).map(([k]) => k)];
+    let entries;
+    try {
+      entries = parseCreateOptions(opts, allowed);
+    } catch (e) {
+      ctx.error(errMessage(e));
+      throw new CliError(`Invalid options for file format '${outFmt}'`);
+    }
+    const createOpts: Options = entriesToOptions(entries);
+    if (imgSize !== -1) createOpts.size = imgSize;
+    let info: MeasureInfo;
+    if (drv.name === 'raw') {
+      const size = source ? source.totalBytes : Math.ceil(Number(createOpts.size ?? 0) / 512) * 512;
+      info = { required: size, fullyAllocated: size };
+    } else if (drv.measure) {
+      try {
+        info = await drv.measure(graph, createOpts, source);
+      } catch (e) {
+        throw new CliError(oneLine(errMessage(e)));
+      }
+    } else {
+      throw new CliError(`Block driver '${outFmt}' does not support size measurement`);
+    }
+    if (format === 'human') {
+      ctx.out(`required size: ${info.required}\nfully allocated size: ${info.fullyAllocated}\n`);
+      if (info.bitmaps !== undefined) ctx.out(`bitmaps size: ${info.bitmaps}\n`);
+    } else {
+      ctx.out(`${toQemuJsonPretty({ required: info.required, 'fully-allocated': info.fullyAllocated, bitmaps: info.bitmaps })}\n`);
+    }
+    return 0;
+  });
+}

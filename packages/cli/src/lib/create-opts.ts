@@ -1,0 +1,151 @@
+/**
+ * Image creation options the qemu-img way: `-o help` listings (qemu_opts_print_help), the "Formatting ..."
+ * line (qemu_opts_print) and the option list handed to the driver's create().
+ */
+import { camelCase, type BlockDriver, type OptionSpec } from '@blockgraph/block-core';
+import { CliError } from './context.js';
+import { parseQemuOpts } from './qemu-opts.js';
+import { parseQemuSize } from './size.js';
+
+/** `clusterSize` → `cluster_size` (QEMU's create option spelling). */
+export function snakeCase(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+function typeName(spec: OptionSpec): string {
+  switch (spec.type) {
+    case 'boolean':
+      return 'bool (on/off)';
+    case 'integer':
+      return 'num';
+    case 'size':
+      return 'size';
+    default:
+      return 'str';
+  }
+}
+
+/** Options the driver takes at creation, in QEMU's spelling, without the ones the CLI fills in itself. */
+export function createOptionList(driver: BlockDriver): [string, OptionSpec][] {
+  return Object.entries(driver.createOptions ?? {})
+    .filter(([k]) => k !== 'filename')
+    .map(([k, spec]) => [snakeCase(k), spec]);
+}
+
+/** qemu_opts_print_help() lines, sorted. */
+function helpLines(list: [string, OptionSpec][]): string[] {
+  const seen = new Set<string>();
+  const lines: string[] = [];
+  for (const [name, spec] of list) {
+    if (seen.has(name)) continue;
+    seen.add(name);
+    let s = `  ${name}=<${typeName(spec)}>`;
+    if (spec.description) {
+      if (s.length < 24) s += ' '.repeat(24 - s.length);
+      s += ` - ${spec.description}`;
+    }
+    lines.push(s);
+  }
+  return lines.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** print_block_option_help(): the format's options, plus the protocol's when a file name is given. */
+export function blockOptionHelp(format: BlockDriver, protocol: BlockDriver | undefined): string {
+  if (!format.createOptions || !format.create) throw new CliError(`Format driver '${format.name}' does not support image creation`);
+  const list = createOptionList(format);
+  if (protocol) list.push(...createOptionList(protocol));
+  let s = protocol ? 'Supported options:\n' : `Supported ${format.name} options:\n`;
+  const lines = helpLines(list);
+  s += lines.length ? lines.join('\n') + '\n' : '';
+  if (!protocol) s += '\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n';
+  return s;
+}
+
+/**
+ * QEMU prints create options in the order of its option lists (format list, then the protocol's), with the
+ * defaults that list declares. Known formats carry that order here; other drivers print theirs in schema order.
+ */
+const PRINT_ORDER: Record<string, { order: string[]; defaults: Record<string, string> }> = {
+  raw: { order: ['size', 'nocow', 'preallocation', 'extent_size_hint'], defaults: {} },
+  file: { order: ['size', 'nocow', 'preallocation', 'extent_size_hint'], defaults: {} },
+  qcow2: {
+    order: [
+      'encryption',
+      'cluster_size',
+      'extended_l2',
+      'preallocation',
+      'compression_type',
+      'size',
+      'compat',
+      'backing_file',
+      'backing_fmt',
+      'data_file',
+      'data_file_raw',
+      'encrypt.format',
+      'encrypt.key-secret',
+      'encrypt.cipher-alg',
+      'encrypt.cipher-mode',
+      'encrypt.ivgen-alg',
+      'encrypt.ivgen-hash-alg',
+      'encrypt.hash-alg',
+      'encrypt.iter-time',
+      'lazy_refcounts',
+      'refcount_bits',
+      'nocow',
+      'extent_size_hint',
+    ],
+    defaults: { cluster_size: '65536', extended_l2: 'off', compression_type: 'zlib', lazy_refcounts: 'off', refcount_bits: '16' },
+  },
+};
+
+export interface CreateSpec {
+  /** -o entries as given, in QEMU's spelling. */
+  entries: { key: string; value: string }[];
+}
+
+/** Parse a -o string into entries; unknown names fail with QEMU's "Invalid parameter 'x'". */
+export function parseCreateOptions(text: string | undefined, allowed: readonly string[]): { key: string; value: string }[] {
+  if (text === undefined) return [];
+  const entries = parseQemuOpts(text);
+  for (const e of entries) {
+    const k = e.key.replace(/-/g, '_');
+    if (!allowed.includes(k) && !allowed.includes(e.key)) throw new CliError(`Invalid parameter '${e.key}'`);
+  }
+  return entries;
+}
+
+function formatValue(spec: OptionSpec | undefined, value: string): string {
+  if (spec && (spec.type === 'size' || spec.type === 'integer')) {
+    const r = parseQemuSize(value);
+    if (r.ok) return r.value.toString();
+  }
+  return value.replace(/,/g, ',,');
+}
+
+/** The text after "Formatting 'x', fmt=F " (qemu_opts_print with " " separator). */
+export function formatOptionsLine(fmt: string, drivers: BlockDriver[], given: Map<string, string>): string {
+  const specs = new Map<string, OptionSpec>();
+  for (const d of drivers) for (const [k, s] of createOptionList(d)) if (!specs.has(k)) specs.set(k, s);
+  const known = PRINT_ORDER[fmt];
+  const order = known ? [...known.order] : [...specs.keys()];
+  for (const k of given.keys()) if (!order.includes(k)) order.push(k);
+  const parts: string[] = [];
+  for (const name of order) {
+    const spec = specs.get(name);
+    let value = given.get(name);
+    if (value === undefined) {
+      if (known) value = known.defaults[name];
+      else if (spec && 'default' in spec && spec.default !== undefined) value = typeof spec.default === 'boolean' ? (spec.default ? 'on' : 'off') : String(spec.default);
+    }
+    if (value === undefined) continue;
+    parts.push(`${name}=${formatValue(spec, value)}`);
+  }
+  return parts.join(' ');
+}
+
+/** -o entries to the driver's create options object (camelCase keys, dotted keys nested later). */
+export function entriesToOptions(entries: { key: string; value: string }[]): Record<string, string> {
+  const o: Record<string, string> = {};
+  for (const e of entries) o[e.key.split('.').map(camelCase).join('.')] = e.value;
+  return o;
+}

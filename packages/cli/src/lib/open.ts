@@ -1,0 +1,222 @@
+/**
+ * Opening images the way qemu-img's img_open() does: a file name (protocol `file`, format given with -f or
+ * probed), a `json:{...}` pseudo-filename, or `--image-opts` dotted options; read-only or writable, -U
+ * (force-share), a cache mode, and optionally without the backing file (info, rebase -u).
+ */
+import {
+  BlockError,
+  Perm,
+  PERM_ALL,
+  isBlockError,
+  normaliseOptions,
+  parseJsonFilename,
+  type BlockBackend,
+  type BlockNode,
+  type Graph,
+  type Options,
+} from '@blockgraph/block-core';
+import { CliError, oneLine, type Ctx } from './context.js';
+import { parseQemuOpts, optsToObject } from './qemu-opts.js';
+import { OPTIONAL_DRIVERS, missingDrivers, notInstalledMessage } from './drivers.js';
+
+export interface CacheMode {
+  direct: boolean;
+  noFlush: boolean;
+  writethrough: boolean;
+}
+
+/** bdrv_parse_cache_mode(); null for an unknown mode. */
+export function parseCacheMode(mode: string): CacheMode | null {
+  switch (mode) {
+    case 'off':
+    case 'none':
+      return { direct: true, noFlush: false, writethrough: false };
+    case 'directsync':
+      return { direct: true, noFlush: false, writethrough: true };
+    case 'writeback':
+      return { direct: false, noFlush: false, writethrough: false };
+    case 'unsafe':
+      return { direct: false, noFlush: true, writethrough: false };
+    case 'writethrough':
+      return { direct: false, noFlush: false, writethrough: true };
+    default:
+      return null;
+  }
+}
+
+export interface OpenSpec {
+  /** File name, json: filename, or the option string with `imageOpts`. */
+  filename: string;
+  format?: string | undefined;
+  imageOpts?: boolean;
+  readOnly: boolean;
+  forceShare?: boolean;
+  /** Don't open the backing file (qemu-img info's BDRV_O_NO_BACKING). */
+  noBacking?: boolean;
+  cache?: CacheMode;
+  /** discard=unmap on the image node (qemu-io opens with BDRV_O_UNMAP). */
+  discardUnmap?: boolean;
+  /** Insert a copy-on-read filter above the image (qemu-io -C). */
+  copyOnRead?: boolean;
+  /** Extra options for the top node (detect-zeroes etc.). */
+  options?: Options;
+  /** Don't print the "probing guessed raw" warning. */
+  quiet?: boolean;
+  /** Backend permissions; default: read (+ write when writable), sharing read, write and write-unchanged. */
+  perm?: number;
+  shared?: number;
+  /** Let writes through the backend extend the image. */
+  allowBeyondEof?: boolean;
+  /** Prefix for open errors; default "Could not open '<filename>': ". */
+  errorPrefix?: string;
+}
+
+export interface OpenedImage {
+  /** The node the backend uses (the COR filter with copyOnRead, else the image). */
+  top: BlockNode;
+  /** The image's format (or protocol) node. */
+  image: BlockNode;
+  blk: BlockBackend;
+  /** The format was probed, not given. */
+  probed: boolean;
+  writethrough: boolean;
+}
+
+/** The options object a file name / json: filename / option string stands for (before probing). */
+export function imageOptions(spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts'>): Options {
+  let o: Options;
+  if (spec.imageOpts) {
+    if (spec.format) throw new CliError('--image-opts and --format are mutually exclusive');
+    o = normaliseOptions(optsToObject(parseQemuOpts(spec.filename)));
+  } else {
+    const json = parseJsonFilename(spec.filename);
+    o = json ?? { filename: spec.filename };
+  }
+  if (spec.format) o.driver = spec.format;
+  return o;
+}
+
+function isProtocol(graph: Graph, name: string): boolean {
+  return graph.registry.has(name) && graph.registry.get(name).kind === 'protocol';
+}
+
+function withProtocolDefault(ref: unknown): unknown {
+  if (ref && typeof ref === 'object' && !Array.isArray(ref)) {
+    const r = { ...(ref as Options) };
+    if (r.driver === undefined) r.driver = 'file';
+    return r;
+  }
+  return ref;
+}
+
+/** Open an image; errors come back as "Could not open '<name>': <reason>". */
+export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
+  try {
+    return await openImageInner(ctx, graph, spec);
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new CliError(`${spec.errorPrefix ?? `Could not open '${spec.filename}': `}${oneLine(msg)}`);
+  }
+}
+
+async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
+  const o = imageOptions(spec);
+  const common: Options = {};
+  common.readOnly = spec.readOnly;
+  if (spec.forceShare) common.forceShare = true;
+  if (spec.cache && (spec.cache.direct || spec.cache.noFlush)) {
+    common.cache = { direct: spec.cache.direct, noFlush: spec.cache.noFlush };
+  }
+  const topExtra: Options = { ...(spec.options ?? {}) };
+  if (spec.discardUnmap) topExtra.discard = 'unmap';
+
+  let image: BlockNode;
+  let probed = false;
+  const driver = typeof o.driver === 'string' ? o.driver : undefined;
+  if (driver !== undefined && !graph.registry.has(driver)) {
+    throw new BlockError('EINVAL', `Unknown driver '${driver}'`);
+  }
+  if (driver !== undefined && isProtocol(graph, driver)) {
+    // A protocol as the image (-f file, json:{"driver":"file",...}).
+    const { file: _f, ...rest } = o;
+    image = await graph.addNode({ ...rest, ...common, ...topExtra });
+  } else {
+    // The storage below: `file` given as options (json/image-opts), a node name, or the plain file name.
+    let fileRef: unknown = o.file;
+    const rest: Options = { ...o };
+    delete rest.file;
+    if (fileRef === undefined) {
+      if (typeof rest.filename !== 'string') throw new BlockError('EINVAL', 'A block device must be specified for "file"');
+      fileRef = { driver: 'file', filename: rest.filename };
+      delete rest.filename;
+    }
+    fileRef = withProtocolDefault(fileRef);
+    let fmt = driver;
+    let fileNode: BlockNode | undefined;
+    if (fmt === undefined) {
+      // Probe: open the storage alone first, then put the probed format on top of it.
+      if (typeof fileRef === 'string') fileNode = graph.getNode(fileRef);
+      else fileNode = await graph.addNode({ ...(fileRef as Options), ...common, discard: 'unmap' });
+      fmt = (await graph.probeFormat(fileNode)).name;
+      probed = true;
+      if (missingDrivers.has(fmt)) {
+        const d = OPTIONAL_DRIVERS.find((x) => x.name === fmt)!;
+        throw new BlockError('ENOTSUP', notInstalledMessage(d));
+      }
+    }
+    const fmtDriver = graph.registry.get(fmt);
+    const nodeOpts: Options = { ...rest, driver: fmt, ...common, ...topExtra };
+    if (fileNode) nodeOpts.file = fileNode.nodeName;
+    else if (typeof fileRef === 'string') nodeOpts.file = fileRef;
+    else nodeOpts.file = { ...(fileRef as Options), discard: 'unmap', ...(spec.forceShare ? { forceShare: true } : {}) };
+    if (spec.noBacking && 'backing' in fmtDriver.options && nodeOpts.backing === undefined) nodeOpts.backing = null;
+    try {
+      image = await graph.addNode(nodeOpts);
+    } catch (e) {
+      if (fileNode && fileNode.parents.length === 0) await graph.closeNode(fileNode).catch(() => undefined);
+      throw e;
+    }
+    if (probed && fmt === 'raw' && !spec.readOnly && !spec.quiet) warnProbedRaw(ctx, spec.filename);
+  }
+
+  let top = image;
+  if (spec.copyOnRead) {
+    if (missingDrivers.has('copy-on-read') || !graph.registry.has('copy-on-read')) {
+      throw new CliError('copy-on-read is not available: the @blockgraph/filter-cor package is not installed');
+    }
+    top = await graph.addNode({ driver: 'copy-on-read', file: image.nodeName, ...(spec.readOnly ? { readOnly: true } : {}) });
+  }
+  // blk_new_open(): read, plus write when writable; RESIZE only for commands that ask (BDRV_O_RESIZE).
+  const perm = spec.perm ?? (Perm.CONSISTENT_READ | (spec.readOnly ? 0 : Perm.WRITE));
+  // blk_new_open() without BDRV_O_NO_SHARE: others may read and write (the format layer unshares what it must).
+  const shared = spec.shared ?? (spec.forceShare ? PERM_ALL : Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED);
+  const blk = graph.backend(top, { perm, shared, allowBeyondEof: spec.allowBeyondEof ?? false });
+  return { top, image, blk, probed, writethrough: spec.cache?.writethrough ?? false };
+}
+
+/** QEMU's warning for a writable image whose format was probed as raw. */
+export function warnProbedRaw(ctx: Ctx, filename: string): void {
+  ctx.err(
+    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+      `         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n` +
+      `         Specify the 'raw' format explicitly to remove the restrictions.\n`,
+  );
+}
+
+/** Run `fn` with a graph whose every node is closed afterwards, whatever happens. */
+export async function withGraph<T>(fn: (graph: Graph) => Promise<T>): Promise<T> {
+  const { createGraph } = await import('./drivers.js');
+  const graph = await createGraph();
+  try {
+    return await fn(graph);
+  } finally {
+    await graph.close().catch(() => undefined);
+  }
+}
+
+export function errMessage(e: unknown): string {
+  if (isBlockError(e)) return e.message;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
