@@ -106,6 +106,20 @@ export const COMMANDS: readonly CommandEntry[] = [
     load: () => import('./measure.js'),
   },
   {
+    name: 'mirror',
+    synopsis:
+      'mirror [--image-opts] [-f fmt] [-O output_fmt] [--sync full|top|none] [--copy-mode background|write-blocking|read-write-blocking] [--speed N] [--granularity N] [--buf-size N] [-n] [-p] [-q] source target',
+    summary: 'copy an image into a new (or, with -n, existing) target through the mirror job',
+    details: [
+      '  --sync full|top|none     what to copy (default full; top: only the top image, the target gets its backing file)',
+      '  --copy-mode MODE         background (default), write-blocking or read-write-blocking',
+      '  --speed N                bytes per second (0 = unlimited); --granularity, --buf-size as blockdev-mirror',
+      '  -n                       the target exists already (not created)',
+      '  -p                       show progress',
+    ].join('\n'),
+    load: () => import('./mirror.js'),
+  },
+  {
     name: 'rebase',
     synopsis: 'rebase [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename',
     summary: 'change the backing file of an image',
