@@ -113,6 +113,8 @@ export class MirrorJob extends Job {
   private lastPause = 0;
   activelySynced = false;
   private corNode: BlockNode | null = null;
+  /** Serialises mode changes with the job's attachment to the mirror node. */
+  private modeLock: Promise<unknown> = Promise.resolve();
   private exited = false;
   private readonly maxIoBytes: number;
   private readonly baseOverlay: BlockNode | undefined;
@@ -136,7 +138,9 @@ export class MirrorJob extends Job {
     // sync=top copies only what the top layer has; full looks at the whole chain.
     this.baseOverlay = p.sync === 'top' ? p.source.skipFilters() : undefined;
     this.bitmap = p.mirrorTop.createDirtyBitmap({ granularity: p.granularity, disabled: true });
-    if (this.state.copyMode === 'background') this.catcher = p.source.createDirtyBitmap({ granularity: p.granularity });
+    // Until the job is attached to the mirror node (after the initial scan), writes pass the node untracked; the
+    // catcher records them in every mode. Active modes drop it when the job attaches (attachToMirrorNode()).
+    this.catcher = p.source.createDirtyBitmap({ granularity: p.granularity });
   }
 
   get copyMode(): MirrorCopyMode {
@@ -224,8 +228,11 @@ export class MirrorJob extends Job {
       if (this.isCancelled()) return;
     }
     // Only now the job is fully initialised and the mirror node starts using it.
-    this.state.job = this;
-    if (this.copyMode === 'read-write-blocking') await this.inOwnDrain(() => this.insertCorNode());
+    // Mode changes wait for this (and this for them), so the copy-on-read node matches the mode in the end.
+    await this.withModeLock(async () => {
+      await this.attachToMirrorNode();
+      if (this.copyMode === 'read-write-blocking') await this.inOwnDrain(() => this.insertCorNode());
+    });
 
     for (;;) {
       if (this.ret) throw this.ret;
@@ -286,6 +293,28 @@ export class MirrorJob extends Job {
       delay = this.limit.calculateDelay(0);
       await this.sleep(delay);
     } while (delay > 0 && !this.isCancelled() && !(this.bitmap.count() === 0 && this.inFlight === 0));
+  }
+
+  /**
+   * Attach the job to the mirror node, in a drained section: writes that passed the node before (the catcher
+   * has them once they are done) are folded into the bitmap, and in active modes every later write is copied
+   * by the node itself, so the catcher goes. Without the drain, a write still in flight when the job attaches
+   * would be recorded nowhere, and a copy racing with it could leave stale data on the target.
+   */
+  private async attachToMirrorNode(): Promise<void> {
+    await this.inOwnDrain(async () => {
+      await drainedBegin(this.source);
+      try {
+        this.absorbCatcher();
+        this.state.job = this;
+        if (this.copyMode !== 'background' && this.catcher) {
+          this.source.releaseDirtyBitmap(this.catcher, true);
+          this.catcher = null;
+        }
+      } finally {
+        drainedEnd(this.source);
+      }
+    });
   }
 
   /** mirror_throttle(): yield at least every slice. */
@@ -749,8 +778,20 @@ export class MirrorJob extends Job {
     if (mode !== 'background' && mode !== 'write-blocking' && mode !== 'read-write-blocking') {
       throw new BlockError('EINVAL', `Parameter 'copy-mode' does not accept value '${String(mode)}'`);
     }
+    await this.withModeLock(() => this.changeMode(mode));
+  }
+
+  /** One mode change (or the job's attachment) at a time: each may insert or remove the copy-on-read node. */
+  private withModeLock<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.modeLock.then(fn, fn);
+    this.modeLock = run.catch(() => undefined);
+    return run;
+  }
+
+  private async changeMode(mode: MirrorCopyMode): Promise<void> {
     const from = this.copyMode;
     if (mode === from) return;
+    const attached = this.state.job === this;
     if (from === 'background') {
       this.state.copyMode = mode;
       try {
@@ -759,12 +800,15 @@ export class MirrorJob extends Job {
         this.state.copyMode = from;
         throw isBlockError(e) ? e.prepend(`Cannot change copy mode to '${mode}': `) : e;
       }
-      this.absorbCatcher();
-      if (this.catcher) this.source.releaseDirtyBitmap(this.catcher, true);
-      this.catcher = null;
+      // Before the job is attached the mirror node copies nothing yet: the catcher stays until then.
+      if (attached) {
+        this.absorbCatcher();
+        if (this.catcher) this.source.releaseDirtyBitmap(this.catcher, true);
+        this.catcher = null;
+      }
     } else if (mode === 'background') {
       if (from === 'read-write-blocking') await this.removeCorNode();
-      this.catcher = this.source.createDirtyBitmap({ granularity: this.granularity });
+      this.catcher ??= this.source.createDirtyBitmap({ granularity: this.granularity });
       this.state.copyMode = 'background';
       this.activelySynced = false;
       this.refreshMirrorTopPerms();
@@ -772,7 +816,7 @@ export class MirrorJob extends Job {
       if (from === 'read-write-blocking') await this.removeCorNode();
       this.state.copyMode = mode;
     }
-    if (mode === 'read-write-blocking' && this.state.job === this && !this.corNode) await this.insertCorNode();
+    if (mode === 'read-write-blocking' && attached && !this.corNode) await this.insertCorNode();
   }
 
   // --- job callbacks -----------------------------------------------------------------------------------------
@@ -830,12 +874,20 @@ export class MirrorJob extends Job {
       this.state.job = null;
       this.refreshMirrorTopPerms();
       this.releaseEdges();
+      // A failed pivot fails the job, but the mirror node leaves the graph all the same (mirror_exit_common()
+      // goes on to bdrv_replace_node(mirror_top_bs, ...) after a failed replace).
+      let pivotError: unknown = null;
       if (!aborting && this.shouldComplete) {
-        const toReplace = this.toReplace ?? this.source;
-        if (toReplace.readOnly !== this.target.readOnly) await graph.reopen(this.target, { readOnly: toReplace.readOnly });
-        await graph.replaceNode(toReplace, this.target);
+        try {
+          const toReplace = this.toReplace ?? this.source;
+          if (toReplace.readOnly !== this.target.readOnly) await graph.reopen(this.target, { readOnly: toReplace.readOnly });
+          await graph.replaceNode(toReplace, this.target);
+        } catch (e) {
+          pivotError = e;
+        }
       }
       await graph.removeFilter(this.mirrorTop);
+      if (pivotError) throw pivotError;
     } finally {
       if (this.drainedSource) {
         this.drainedSource = false;

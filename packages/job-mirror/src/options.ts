@@ -71,7 +71,9 @@ export function validateMirrorOptions(o: MirrorOptions): void {
       throw new BlockError('EINVAL', `Parameter '${k}' does not accept value '${String(v)}'`);
     }
   }
-  if (o.speed !== undefined && (!Number.isSafeInteger(o.speed) || o.speed < 0)) invalid('speed');
+  if (o.speed !== undefined && (!Number.isSafeInteger(o.speed) || o.speed < 0)) {
+    throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
+  }
   if (o.granularity !== undefined && o.granularity !== 0) {
     const g = o.granularity;
     if (!Number.isSafeInteger(g) || g < 512 || g > 64 * 1048576) {

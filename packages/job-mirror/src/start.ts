@@ -47,7 +47,7 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
   if (graph.jobs.has(jobId)) throw new BlockError('EEXIST', `Job ID '${jobId}' already in use`);
   if (o.replaces !== undefined) {
     const r = graph.findNode(o.replaces);
-    if (!r) throw new BlockError('EINVAL', `Node name '${o.replaces}' not found`);
+    if (!r) throw new BlockError('EINVAL', `Failed to find node with node-name='${o.replaces}'`);
     if (r !== source && !inChainBelow(source, r)) {
       throw new BlockError('EINVAL', `Cannot replace '${o.replaces}' by a node mirrored from '${source.nodeName}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data`);
     }

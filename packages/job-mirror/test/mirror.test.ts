@@ -10,7 +10,7 @@ describe('mirror: argument errors worded as QEMU’s', () => {
     await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', granularity: 1000 })).rejects.toThrow("Parameter 'granularity' expects a power of 2");
     await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', granularity: 256 })).rejects.toThrow("Parameter 'granularity' expects a value in range [512B, 64MB]");
     await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', 'buf-size': -1 })).rejects.toThrow("Invalid parameter 'buf-size'");
-    await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', speed: -1 })).rejects.toThrow("Invalid parameter 'speed'");
+    await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', speed: -1 })).rejects.toThrow("Parameter 'speed' expects a non-negative value");
     await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'incremental' })).rejects.toThrow("Sync mode 'incremental' not supported");
     await expect(startMirror(g, { device: 'src', target: 'nope', sync: 'full' })).rejects.toThrow(/Cannot find device='nope'/);
     // Nothing was left behind.
