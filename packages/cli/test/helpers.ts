@@ -97,9 +97,9 @@ export function binCommand(): { cmd: string; args: string[]; kind: 'dist' | 'sou
   return { cmd: process.execPath, args: ['--conditions=@blockgraph/source', '--import', TSX, join(CLI_ROOT, 'src', 'bin.ts')], kind: 'source' };
 }
 
-export function bgSpawn(args: string[], opts: { cwd?: string } = {}): RunResult {
+export function bgSpawn(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): RunResult {
   const b = binCommand();
-  return run(b.cmd, [...b.args, ...args], opts);
+  return run(b.cmd, [...b.args, ...args], { ...opts, ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}) });
 }
 
 export function tempDir(prefix: string): { dir: string; path: (name: string) => string; cleanup: () => void } {

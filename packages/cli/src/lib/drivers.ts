@@ -81,7 +81,19 @@ export const missingDrivers = new Set<string>();
 
 let loaded: Promise<BlockDriver[]> | undefined;
 
+/**
+ * BLOCKGRAPH_WITHOUT=pkg[,pkg]: behave as if those optional packages were not installed (to see, and test, what
+ * a minimal install does).
+ */
+function withheld(pkg: string): boolean {
+  return (process.env.BLOCKGRAPH_WITHOUT ?? '').split(',').map((s) => s.trim()).includes(pkg);
+}
+
 async function importOptional(d: OptionalDriver): Promise<BlockDriver> {
+  if (withheld(d.pkg)) {
+    missingDrivers.add(d.name);
+    return placeholder(d);
+  }
   for (const entry of d.entries ?? [d.pkg]) {
     try {
       // A variable specifier: the package is optional and may not exist at type-check time.
