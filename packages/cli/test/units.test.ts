@@ -172,3 +172,22 @@ describe('algorithms ported from qemu-img', () => {
     expect(mergeable(e({ length: 0 }), e({}))).toBe(false);
   });
 });
+
+describe('trace forwarding', () => {
+  it('publishes block-core trace events on diagnostics_channel and prints them when asked', async () => {
+    const { forwardTraces } = await import('../src/lib/trace.js');
+    const { trace } = await import('@blockgraph/block-core');
+    const diagnostics = await import('node:diagnostics_channel');
+    const seen: unknown[] = [];
+    const onMsg = (m: unknown) => seen.push(m);
+    diagnostics.subscribe('blockgraph:job.state', onMsg);
+    const lines: string[] = [];
+    const stop = forwardTraces((l) => lines.push(l));
+    trace('job.state', { id: 'j', from: 'running', to: 'ready' });
+    stop();
+    trace('job.state', { id: 'j', from: 'ready', to: 'waiting' });
+    diagnostics.unsubscribe('blockgraph:job.state', onMsg);
+    expect(seen).toEqual([{ id: 'j', from: 'running', to: 'ready' }]);
+    expect(lines).toEqual(['{"event":"job.state","id":"j","from":"running","to":"ready"}\n']);
+  });
+});
