@@ -75,7 +75,7 @@ function substitute(args, paths) {
 function runOnce(argv, metric, before, paths) {
   for (const p of substitute(before ?? [], paths)) rmSync(p, { force: true });
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(argv[0], argv.slice(1), { cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20 });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
   const seconds = metric === 'reported' ? reportedSeconds(r.stdout) : wall;

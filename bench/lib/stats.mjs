@@ -6,6 +6,6 @@ export function median(values) {
 
 /** "Run completed in 1.234 seconds." → 1.234 */
 export function reportedSeconds(stdout) {
-  const m = /Run completed in ([0-9.]+) seconds\./.exec(stdout);
+  const m = /(?:Run|Mirror) completed in ([0-9.]+) seconds\./.exec(stdout);
   return m ? Number(m[1]) : NaN;
 }

@@ -62,4 +62,14 @@ export const WORKLOADS = [
     metric: 'wall',
     before: ['$OUT'],
   },
+  {
+    id: 'mirror-raw-1g-half',
+    title:
+      'background mirror of a 1 GiB raw image (half data, half holes) to a new raw image: `blockgraph mirror` against qemu-storage-daemon blockdev-mirror over QMP (time from starting the job to completion)',
+    fixtures: ['HALF1G'],
+    qemu: ['node', 'bench/lib/qsd-mirror.mjs', '-f', 'raw', '$HALF1G', '$OUT'],
+    ours: ['mirror', '-f', 'raw', '$HALF1G', '$OUT'],
+    metric: 'reported',
+    before: ['$OUT'],
+  },
 ];

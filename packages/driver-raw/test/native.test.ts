@@ -118,6 +118,20 @@ describeRequiring('native helper', missingHelper, () => {
     expect(['ofd', 'posix']).toContain(n.lockKind());
   });
 
+  describe('fallocateAsync', () => {
+    it('punches holes on the thread pool and rejects with the errno', async () => {
+      const n = native();
+      const fd = open('fa.img', 'w+');
+      writeSync(fd, fill(256 * KiB, 0x5e), 0, 256 * KiB, 0);
+      await n.fallocateAsync!(fd, n.FALLOC_FL_PUNCH_HOLE | n.FALLOC_FL_KEEP_SIZE, 64 * KiB, 64 * KiB);
+      const b = new Uint8Array(64 * KiB);
+      readSync(fd, b, 0, b.length, 64 * KiB);
+      expect(b.every((v) => v === 0)).toBe(true);
+      expect(fstatSync(fd).size).toBe(256 * KiB);
+      await expect(n.fallocateAsync!(-1, 0, 0, 1)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fallocate' });
+    });
+  });
+
   describe('preadNoWait', () => {
     it('reads cached data on the calling thread and answers -1/-2 when it cannot', () => {
       const n = native();

@@ -64,6 +64,8 @@ export interface MirrorJobParams {
   onTargetError: OnError;
   unmap: boolean;
   zeroTarget: boolean;
+  /** sync=full into a target that reads as zeroes already (target-is-zero): zero ranges need no copying. */
+  targetIsZero?: boolean;
   replaces?: string;
   autoFinalize: boolean;
   autoDismiss: boolean;
@@ -83,6 +85,7 @@ export class MirrorJob extends Job {
   private readonly onTargetError: OnError;
   private readonly unmap: boolean;
   private readonly zeroTarget: boolean;
+  private readonly skipZeroes: boolean;
   private readonly replaces: string | undefined;
   private toReplace: BlockNode | undefined;
 
@@ -133,6 +136,7 @@ export class MirrorJob extends Job {
     this.onTargetError = p.onTargetError;
     this.unmap = p.unmap;
     this.zeroTarget = p.zeroTarget;
+    this.skipZeroes = p.sync === 'full' && (p.targetIsZero ?? false);
     this.replaces = p.replaces;
     this.maxIoBytes = Math.max(Math.floor(p.bufSize / MAX_IN_FLIGHT), MAX_IO_BYTES);
     // sync=top copies only what the top layer has; full looks at the whole chain.
@@ -360,6 +364,14 @@ export class MirrorJob extends Job {
       await this.throttle();
       if (this.isCancelled()) return;
       const bytes = Math.min(this.bdevLength - off, step);
+      if (this.skipZeroes) {
+        // The target reads as zeroes already: only what does not read as zero needs copying.
+        const st = await blockStatusAbove(this.source, undefined, false, true, off, bytes);
+        const n = st.pnum > 0 ? st.pnum : bytes;
+        if (!(st.ret & BlockStatus.ZERO)) this.bitmap.set(off, n);
+        off += n;
+        continue;
+      }
       const r = await isAllocatedAbove(this.source, this.baseOverlay, true, off, bytes);
       const n = r.pnum > 0 ? r.pnum : bytes;
       if (r.depth > 0) this.bitmap.set(off, n);

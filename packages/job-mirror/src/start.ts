@@ -90,6 +90,7 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
         onTargetError: o.onTargetError ?? 'report',
         unmap: o.unmap ?? true,
         zeroTarget: sync === 'full' && !o.targetIsZero,
+        targetIsZero: o.targetIsZero ?? false,
         replaces: o.replaces,
         autoFinalize: o.autoFinalize ?? true,
         autoDismiss: o.autoDismiss ?? true,

@@ -99,6 +99,20 @@ describe('mirror: background mode', () => {
   });
 });
 
+describe('mirror: target-is-zero', () => {
+  it('copies only what does not read as zero when the target reads as zeroes already', async () => {
+    const { g, guest, model, readTarget } = await setup({ fill: 'half' });
+    const job = await startMirror(g, { jobId: 'job0', device: 'src', target: 'tgt', sync: 'full', targetIsZero: true });
+    await job.waitFor('ready');
+    // Half of the 4 MiB is data; the rest reads as zero on both sides and is not copied.
+    expect(job.progress.total).toBe(2 << 20);
+    job.complete();
+    await job.waitFinished();
+    guest.remove();
+    expect(firstDiff(await readTarget(), model)).toBe(-1);
+  });
+});
+
 describe('mirror: write-blocking mode', () => {
   it('after READY every guest write is on the target at once, and completion copies nothing', async () => {
     const { g, guest, model, readTarget } = await setup({ latencyMs: 1 });

@@ -109,6 +109,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       else if (e.event === 'BLOCK_JOB_ERROR') say(`Job '${e.data.device}': ${e.data.operation} error, action ${e.data.action}`);
     });
     let job;
+    const t0 = performance.now();
     try {
       job = await startMirror(graph, {
         jobId: 'mirror',
@@ -146,6 +147,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       if (barOpen || !progress) bar.end();
     }
     if (job.error) throw new CliError(oneLine(job.error.message));
+    if (!quiet) ctx.out(`Mirror completed in ${((performance.now() - t0) / 1000).toFixed(3)} seconds.\n`);
     src.blk.remove();
     return 0;
   }).catch((e: unknown) => {

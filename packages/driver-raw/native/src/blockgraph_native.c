@@ -30,7 +30,7 @@
 
 #include <node_api.h>
 
-#define BLOCKGRAPH_NATIVE_VERSION "1.1.0"
+#define BLOCKGRAPH_NATIVE_VERSION "1.2.0"
 
 /* Offsets arrive as JS numbers; beyond 2^53 they are no longer exact. */
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -83,7 +83,8 @@ static const char *errno_name(int err)
     }
 }
 
-static void throw_errno(napi_env env, int err, const char *syscall)
+/* An Error shaped like Node's fs errors (code, errno, syscall, plus `description`), or NULL. */
+static napi_value errno_error(napi_env env, int err, const char *syscall)
 {
     char code_buf[16];
     const char *code = errno_name(err);
@@ -99,8 +100,7 @@ static void throw_errno(napi_env env, int err, const char *syscall)
     if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value) != napi_ok ||
         napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &message_value) != napi_ok ||
         napi_create_error(env, code_value, message_value, &error) != napi_ok) {
-        napi_throw_error(env, code, message);
-        return;
+        return NULL;
     }
     /* Node's fs errors carry a negative errno and the syscall; match them. */
     if (napi_create_int32(env, -err, &errno_value) == napi_ok) {
@@ -112,6 +112,16 @@ static void throw_errno(napi_env env, int err, const char *syscall)
     /* strerror() alone, for callers that format errors QEMU's way ("...: %s"). */
     if (napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &description_value) == napi_ok) {
         napi_set_named_property(env, error, "description", description_value);
+    }
+    return error;
+}
+
+static void throw_errno(napi_env env, int err, const char *syscall)
+{
+    napi_value error = errno_error(env, err, syscall);
+    if (error == NULL) {
+        napi_throw_error(env, errno_name(err), strerror(err));
+        return;
     }
     napi_throw(env, error);
 }
@@ -336,6 +346,89 @@ static bool get_lock_args(napi_env env, napi_callback_info info, bool allow_unlo
     fl->l_start = (off_t)start;
     fl->l_len = (off_t)len;
     return true;
+}
+
+
+/* fallocate() on the thread pool: hole punching and zeroing can wait for the file system (inode locks held
+ * by writes in flight, page cache writeback), and must not hold up the event loop meanwhile. */
+typedef struct {
+    napi_async_work work;
+    napi_deferred deferred;
+    int fd;
+    int mode;
+    int64_t offset;
+    int64_t length;
+    int err;
+} FallocateJob;
+
+static void fallocate_execute(napi_env env, void *data)
+{
+    FallocateJob *job = data;
+#ifdef __linux__
+    int ret;
+    do {
+        ret = fallocate(job->fd, job->mode, (off_t)job->offset, (off_t)job->length);
+    } while (ret < 0 && errno == EINTR);
+    job->err = ret < 0 ? errno : 0;
+#else
+    job->err = ENOSYS;
+#endif
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void *data)
+{
+    FallocateJob *job = data;
+    if (status == napi_ok && job->err == 0) {
+        napi_value undefined;
+        napi_get_undefined(env, &undefined);
+        napi_resolve_deferred(env, job->deferred, undefined);
+    } else {
+        napi_value error = errno_error(env, job->err ? job->err : EIO, "fallocate");
+        if (error == NULL) {
+            napi_value msg;
+            napi_create_string_utf8(env, "fallocate failed", NAPI_AUTO_LENGTH, &msg);
+            napi_create_error(env, NULL, msg, &error);
+        }
+        napi_reject_deferred(env, job->deferred, error);
+    }
+    napi_delete_async_work(env, job->work);
+    free(job);
+}
+
+static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
+{
+    napi_value argv[4];
+    int fd;
+    int64_t mode, offset, length;
+    if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], &fd) ||
+        !get_integer(env, argv[1], "mode", &mode) ||
+        !get_integer(env, argv[2], "offset", &offset) ||
+        !get_integer(env, argv[3], "length", &length)) {
+        return NULL;
+    }
+    if (mode < 0 || mode > INT_MAX) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "mode is out of range");
+        return NULL;
+    }
+    FallocateJob *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        throw_errno(env, ENOMEM, "fallocate");
+        return NULL;
+    }
+    job->fd = fd;
+    job->mode = (int)mode;
+    job->offset = offset;
+    job->length = length;
+    napi_value promise, name;
+    if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+        napi_create_string_utf8(env, "blockgraph:fallocate", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work) != napi_ok ||
+        napi_queue_async_work(env, job->work) != napi_ok) {
+        free(job);
+        napi_throw_error(env, NULL, "blockgraph_native: could not queue fallocate");
+        return NULL;
+    }
+    return promise;
 }
 
 static napi_value ofd_lock(napi_env env, napi_callback_info info)
@@ -570,6 +663,7 @@ NAPI_MODULE_INIT()
               export_function(env, exports, "seekData", seek_data) &&
               export_function(env, exports, "seekHole", seek_hole) &&
               export_function(env, exports, "fallocate", do_fallocate) &&
+              export_function(env, exports, "fallocateAsync", do_fallocate_async) &&
               export_function(env, exports, "ofdLock", ofd_lock) &&
               export_function(env, exports, "ofdTest", ofd_test) &&
               export_function(env, exports, "lockKind", get_lock_kind) &&

@@ -355,8 +355,11 @@ class NativeFileInstance extends FileInstance {
   hasWriteZeroes = true;
   hasFallocate = true;
 
-  private fallocate(mode: number, offset: number, bytes: number): void {
-    this.native!.fallocate(this.fd, mode, offset, bytes);
+  /** fallocate(2) on the thread pool when the helper has it (it may wait for the file system). */
+  private async fallocate(mode: number, offset: number, bytes: number): Promise<void> {
+    const native = this.native!;
+    if (native.fallocateAsync) await native.fallocateAsync(this.fd, mode, offset, bytes);
+    else native.fallocate(this.fd, mode, offset, bytes);
   }
 
   /** raw_co_block_status() with find_allocation(). */
@@ -404,7 +407,7 @@ class NativeFileInstance extends FileInstance {
     if (!this.hasDiscard) throw new BlockError('ENOTSUP', 'Discard is not supported by the file system');
     const native = this.native!;
     try {
-      this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
+      await this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
     } catch (e) {
       const err = ioError(e);
       if (err.code === 'ENOTSUP') this.hasDiscard = false;
@@ -424,7 +427,7 @@ class NativeFileInstance extends FileInstance {
     if (flags & ReqFlag.MAY_UNMAP) {
       let punched = false;
       try {
-        this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
+        await this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
         punched = true;
       } catch (e) {
         const code = errnoName(e);
@@ -433,14 +436,14 @@ class NativeFileInstance extends FileInstance {
         }
       }
       if (punched) {
-        if (end > this.node.totalBytes) this.extendTo(end, true);
+        if (end > this.node.totalBytes) await this.extendTo(end, true);
         return;
       }
     }
     if (this.hasWriteZeroes) {
       try {
         // Without KEEP_SIZE: a range past EOF extends the file.
-        this.fallocate(native.FALLOC_FL_ZERO_RANGE, offset, bytes);
+        await this.fallocate(native.FALLOC_FL_ZERO_RANGE, offset, bytes);
         return;
       } catch (e) {
         const err = ioError(e);
@@ -451,7 +454,7 @@ class NativeFileInstance extends FileInstance {
     if (this.hasDiscard && this.hasFallocate) {
       let punched = false;
       try {
-        this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
+        await this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, offset, bytes);
         punched = true;
       } catch (e) {
         const err = ioError(e);
@@ -460,21 +463,21 @@ class NativeFileInstance extends FileInstance {
       }
       if (punched) {
         try {
-          this.fallocate(0, offset, bytes);
+          await this.fallocate(0, offset, bytes);
           return;
         } catch (e) {
           const err = ioError(e);
           if (err.code !== 'ENOTSUP') throw err;
           this.hasFallocate = false;
           // The range reads as zeroes already; only the size may be missing.
-          if (end > this.node.totalBytes) this.extendTo(end, false);
+          if (end > this.node.totalBytes) await this.extendTo(end, false);
           return;
         }
       }
     }
     if (this.hasFallocate && offset >= this.node.totalBytes) {
       try {
-        this.fallocate(0, offset, bytes);
+        await this.fallocate(0, offset, bytes);
         return;
       } catch (e) {
         const err = ioError(e);
@@ -489,17 +492,17 @@ class NativeFileInstance extends FileInstance {
    * Make the file at least `end` bytes long without ever shrinking it (writes past EOF may be in flight,
    * so no ftruncate): allocate the last byte, and with `sparse` punch that block out again.
    */
-  private extendTo(end: number, sparse: boolean): void {
+  private async extendTo(end: number, sparse: boolean): Promise<void> {
     const native = this.native!;
     try {
-      this.fallocate(0, end - 1, 1);
+      await this.fallocate(0, end - 1, 1);
     } catch (e) {
       throw ioError(e, 'Could not extend the file');
     }
     if (sparse) {
       const start = Math.max(0, end - 1 - ((end - 1) % MAX_BLOCKSIZE));
       try {
-        this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, start, end - start);
+        await this.fallocate(native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, start, end - start);
       } catch {
         // the block stays allocated, reading as zeroes: still correct
       }
@@ -550,7 +553,8 @@ export async function regularTruncate(fd: number, offset: number, prealloc: Prea
     case 'falloc':
       if (offset === current) return;
       try {
-        if (native) native.fallocate(fd, 0, current, offset - current);
+        if (native?.fallocateAsync) await native.fallocateAsync(fd, 0, current, offset - current);
+        else if (native) native.fallocate(fd, 0, current, offset - current);
         else {
           // posix_fallocate()'s own fallback when the file system can't: write zeroes.
           await ftruncate(fd, offset);

@@ -56,6 +56,8 @@ export interface NativeHelper {
   seekHole(fd: number, offset: number): number;
   /** fallocate(2), retried on EINTR. */
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /** fallocate(2) on the thread pool (helpers since 1.2): it can wait for the file system. */
+  fallocateAsync?(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /**
    * Non-blocking byte-range lock (F_OFD_SETLK, or F_SETLK when the kernel lacks OFD locks). A conflict
    * throws with code 'EAGAIN' or 'EACCES'.
