@@ -1,0 +1,171 @@
+import { getRefcount, refcountMax, setRefcount, type Qcow2Geometry } from '../format/index.js';
+import { CheckAbort } from './check-abort.js';
+import { readFull, type ImageIO } from './image-io.js';
+import { hexAlt, u64, type Offset } from './u64-text.js';
+
+/**
+ * The refcounts as the image stores them: the refcount table (read once, like QEMU does at open) and the
+ * refcount blocks behind it, read on demand and kept in a small write-back map. This is qcow2_get_refcount()
+ * and the part of update_refcount() the check uses (changing one existing entry), without the driver's
+ * caches.
+ *
+ * Writes are only ever made through `set()` and reach the file in `writeBack()`; the caller orders them
+ * (refcount changes are flushed before anything that relies on them, e.g. COPIED flags).
+ */
+export class DiskRefcounts {
+  private table: DataView;
+  private readonly blocks = new Map<number, { data: Uint8Array; dirty: boolean }>();
+  /** Clusters whose refcount a repair dropped to 0, to be discarded (QCOW2_DISCARD_ALWAYS/SNAPSHOT). */
+  private discards: number[] = [];
+
+  constructor(
+    private readonly io: ImageIO,
+    private readonly g: Qcow2Geometry,
+    /** Offset of the refcount table in the file (beyond 2^53 only in a corrupted header). */
+    public tableOffset: Offset,
+    tableBytes: Uint8Array,
+    /** Called when a refcount block offset is unaligned (QEMU's qcow2_signal_corruption). */
+    private readonly onCorruption: (message: string) => Promise<void>,
+  ) {
+    this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
+  }
+
+  /** Number of refcount table entries (refcount_table_size). */
+  get tableEntries(): number {
+    return this.table.byteLength / 8;
+  }
+
+  entryHi(index: number): number {
+    return this.table.getUint32(index * 8);
+  }
+
+  entryLo(index: number): number {
+    return this.table.getUint32(index * 8 + 4);
+  }
+
+  /** REFT_OFFSET_MASK applied to entry `index` (bits 9..63). */
+  blockOffset(index: number): Offset {
+    return u64(this.entryHi(index), this.entryLo(index) & ~0x1ff);
+  }
+
+  /** Replace the table (after a rebuild switched the header to a new one). */
+  replaceTable(tableOffset: number, tableBytes: Uint8Array): void {
+    this.tableOffset = tableOffset;
+    this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
+    this.blocks.clear();
+  }
+
+  /** Forget cached refcount blocks (they must have been written back). */
+  emptyCache(): void {
+    this.blocks.clear();
+  }
+
+  /**
+   * The refcount block covering `cluster`, or null when there is none (all refcounts 0). Throws EIO for an
+   * unaligned block offset, after signalling the corruption like QEMU.
+   */
+  private async block(cluster: number): Promise<{ data: Uint8Array; dirty: boolean } | null> {
+    const index = Math.floor(cluster / this.g.refcountBlockEntries);
+    if (index >= this.tableEntries) return null;
+    const offset = this.blockOffset(index);
+    if (offset === 0) return null;
+    if (typeof offset !== 'number') {
+      // Beyond 2^53: past the end of any file, reads as zeros (or fails like QEMU's block layer).
+      return { data: await readFull(this.io, offset, this.g.clusterSize), dirty: false };
+    }
+    if (offset % this.g.clusterSize !== 0) {
+      await this.onCorruption(`Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)})`);
+      throw new CheckAbort('EIO');
+    }
+    let entry = this.blocks.get(offset);
+    if (!entry) {
+      entry = { data: await readFull(this.io, offset, this.g.clusterSize), dirty: false };
+      this.blocks.set(offset, entry);
+    }
+    return entry;
+  }
+
+  /** On-disk refcount of `cluster` (0 when no refcount block covers it). */
+  async get(cluster: number): Promise<number> {
+    const data = await this.blockData(cluster);
+    return data ? this.entry(data, cluster) : 0;
+  }
+
+  /**
+   * The refcount block covering `cluster` (null: none, all its refcounts are 0), for callers that walk a
+   * whole block's range. Throws like get() for an unaligned block offset.
+   */
+  async blockData(cluster: number): Promise<Uint8Array | null> {
+    const entry = await this.block(cluster);
+    return entry ? entry.data : null;
+  }
+
+  /** The refcount of `cluster` in its block's data (from blockData). */
+  entry(data: Uint8Array, cluster: number): number {
+    const i = cluster % this.g.refcountBlockEntries;
+    if (this.g.refcountOrder === 6) {
+      // Exact below 2^53; larger values (never produced by QEMU) are approximated rather than refused.
+      const v = new DataView(data.buffer, data.byteOffset + i * 8, 8);
+      return v.getUint32(0) * 4294967296 + v.getUint32(4);
+    }
+    return getRefcount(data, i, this.g.refcountOrder);
+  }
+
+  /** Store a new refcount for `cluster`; its refcount block must exist. */
+  async set(cluster: number, value: number): Promise<void> {
+    const entry = await this.block(cluster);
+    if (!entry) throw new CheckAbort('EIO', `No refcount block for cluster ${cluster}`);
+    const i = cluster % this.g.refcountBlockEntries;
+    if (value === 0 && getRefcount(entry.data, i, this.g.refcountOrder) !== 0) this.discards.push(cluster);
+    setRefcount(entry.data, i, this.g.refcountOrder, value);
+    entry.dirty = true;
+  }
+
+  /** Discard the clusters freed so far, merged into contiguous ranges (qcow2_process_discards). */
+  async processDiscards(): Promise<void> {
+    const clusters = [...new Set(this.discards)].sort((a, b) => a - b);
+    this.discards = [];
+    if (!this.io.discard) return;
+    const cs = this.g.clusterSize;
+    for (let i = 0; i < clusters.length; ) {
+      let j = i + 1;
+      while (j < clusters.length && clusters[j] === clusters[j - 1]! + 1) j++;
+      await this.io.discard(clusters[i]! * cs, (j - i) * cs);
+      i = j;
+    }
+  }
+
+  /** Write every modified refcount block back (whole clusters, like QEMU's refcount cache). */
+  async writeBack(): Promise<boolean> {
+    await this.processDiscards();
+    let wrote = false;
+    for (const [offset, entry] of this.blocks) {
+      if (!entry.dirty) continue;
+      await this.io.writeAt(offset, entry.data);
+      entry.dirty = false;
+      wrote = true;
+    }
+    return wrote;
+  }
+
+  /** Largest storable refcount. */
+  get max(): number {
+    return refcountMax(this.g.refcountOrder);
+  }
+
+  /** Put a freshly created refcount block (all zeros, or self-describing) into the cache. */
+  installBlock(offset: number, data: Uint8Array): void {
+    this.blocks.set(offset, { data, dirty: false });
+  }
+
+  /** Set the entry of `cluster` in a block's data directly (a new block describing itself). */
+  setIn(data: Uint8Array, cluster: number, value: number): void {
+    setRefcount(data, cluster % this.g.refcountBlockEntries, this.g.refcountOrder, value);
+  }
+
+  /** Install a refcount table entry in memory (the on-disk write is the caller's). */
+  setEntry(index: number, offset: number): void {
+    this.table.setUint32(index * 8, Math.floor(offset / 4294967296));
+    this.table.setUint32(index * 8 + 4, offset >>> 0);
+  }
+}

@@ -1,0 +1,222 @@
+import {
+  BlockError,
+  ReqFlag,
+  type BlockLimits,
+  type BlockStatusReply,
+  type CheckFix,
+  type CheckResult,
+  type DriverCapabilities,
+  type DriverInfo,
+  type IOVector,
+  type PreallocMode,
+  type ReopenState,
+  type ReqFlags,
+  type BlockDriverInstance,
+  type Options,
+  IOVector as IOV,
+} from '@blockgraph/block-core';
+import { BME_FLAG_AUTO, BME_FLAG_IN_USE, INCOMPAT_CORRUPT } from '../format/index.js';
+import { flushCaches, markClean, writeCaches } from './header-io.js';
+import { cacheSizes } from './options.js';
+import * as rw from './rw.js';
+import { runCheck, runWriteSetup } from './setup.js';
+import type { Qcow2State } from './state.js';
+import { truncateImage } from './truncate.js';
+
+/** A persistent bitmap as qemu-img info lists it. */
+export interface Qcow2BitmapInfo {
+  name: string;
+  granularity: number;
+  flags: string[];
+}
+
+/** The per-node implementation the Graph talks to; everything is delegated to the modules over Qcow2State. */
+export class Qcow2Instance implements BlockDriverInstance {
+  /** Bitmaps found at open (read-only opens; a read-write open makes them inconsistent, see setup.ts). */
+  bitmaps: Qcow2BitmapInfo[] | null = null;
+
+  constructor(
+    readonly state: Qcow2State,
+    private readonly runtimeOptions: Options,
+  ) {}
+
+  get capabilities(): Partial<DriverCapabilities> {
+    const s = this.state;
+    return {
+      compressedWrite: !s.hasDataFile,
+      discardZeroes: s.version >= 3 || !s.backing,
+    };
+  }
+
+  get supportedZeroFlags(): ReqFlags {
+    return this.state.version >= 3 ? ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK : 0;
+  }
+
+  getLength(): number {
+    return this.state.size;
+  }
+
+  refreshLimits(_merged: BlockLimits): Partial<BlockLimits> {
+    const s = this.state;
+    return { requestAlignment: 1, pwriteZeroesAlignment: s.g.subclusterSize, pdiscardAlignment: s.clusterSize };
+  }
+
+  preadv(offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    return rw.preadv(this.state, offset, bytes, qiov);
+  }
+
+  pwritev(offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    return rw.pwritev(this.state, offset, bytes, qiov);
+  }
+
+  pwriteZeroes(offset: number, bytes: number, flags: ReqFlags): Promise<void> {
+    return rw.pwriteZeroes(this.state, offset, bytes, flags);
+  }
+
+  pdiscard(offset: number, bytes: number): Promise<void> {
+    return rw.pdiscard(this.state, offset, bytes);
+  }
+
+  pwritevCompressed(offset: number, bytes: number, qiov: IOVector): Promise<void> {
+    return rw.pwritevCompressed(this.state, offset, bytes, qiov);
+  }
+
+  blockStatus(wantZero: boolean, offset: number, bytes: number): Promise<BlockStatusReply> {
+    return rw.blockStatus(this.state, wantZero, offset, bytes);
+  }
+
+  /** qcow2_co_flush_to_os(): write dirty L2 tables and refcount blocks; the core then flushes the file. */
+  async flushToOs(): Promise<void> {
+    const s = this.state;
+    if (s.readOnly) return;
+    s.checkUsable();
+    await this.locked(() => writeCaches(s));
+  }
+
+  async truncate(offset: number, exact: boolean, prealloc: PreallocMode, flags: ReqFlags): Promise<void> {
+    const s = this.state;
+    s.checkUsable();
+    if (s.pendingWriteSetup) await runWriteSetup(s);
+    await this.locked(async () => {
+      await truncateImage(s, offset, exact, prealloc, flags, (off, n) => rw.pwritev(s, off, n, IOV.of(new Uint8Array(n))));
+      const sizes = cacheSizes(this.runtimeOptions, s.header, s.size);
+      s.options = { ...s.options, ...sizes };
+      if (sizes.l2CacheEntrySize === s.l2SliceBytes) {
+        await s.l2Cache.resize(sizes.l2CacheEntries);
+        await s.refCache.resize(sizes.refcountCacheEntries);
+      }
+    });
+  }
+
+  getInfo(): DriverInfo {
+    const s = this.state;
+    const info: DriverInfo = { clusterSize: s.clusterSize, subclusterSize: s.g.subclusterSize, isDirty: s.isDirty };
+    if (s.header.backingFile !== null) info.backingFilename = s.header.backingFile;
+    if (s.header.extensions.backingFormat !== null) info.backingFormat = s.header.extensions.backingFormat;
+    return info;
+  }
+
+  /** qcow2_get_specific_info(): qemu-img info's "format-specific" data. */
+  getSpecificInfo(): { type: string; data: Record<string, unknown> } {
+    const s = this.state;
+    const h = s.header;
+    const compression = h.compressionType === 1 ? 'zstd' : 'zlib';
+    if (s.version === 2) {
+      return { type: 'qcow2', data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': s.g.refcountBits } };
+    }
+    const data: Record<string, unknown> = {
+      compat: '1.1',
+      'compression-type': compression,
+      'lazy-refcounts': (h.compatibleFeatures & 1n) !== 0n,
+    };
+    if (this.bitmaps && this.bitmaps.length) data.bitmaps = this.bitmaps.map((b) => ({ ...b, flags: [...b.flags] }));
+    data['refcount-bits'] = s.g.refcountBits;
+    if (h.extensions.dataFile !== null) data['data-file'] = h.extensions.dataFile;
+    if (s.hasDataFile) data['data-file-raw'] = s.dataFileIsRaw;
+    data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+    data['extended-l2'] = s.extendedL2;
+    return { type: 'qcow2', data };
+  }
+
+  /** Allocated bytes of the image file (and the external data file). */
+  async getAllocatedFileSize(): Promise<number> {
+    const s = this.state;
+    const size = async (n: typeof s.file.node): Promise<number> => {
+      const f = n.impl.getAllocatedFileSize;
+      if (!f) throw new BlockError('ENOTSUP', 'Allocated file size is not available');
+      return f.call(n.impl);
+    };
+    let total = await size(s.file.node);
+    if (s.hasDataFile && s.dataFile.node !== s.file.node) total += await size(s.dataFile.node);
+    return total;
+  }
+
+  /** qcow2_has_zero_init(): a preallocated image reads as zeroes only if its data file does. */
+  hasZeroInit(): boolean {
+    const s = this.state;
+    const preallocated = s.l1Size > 0 && (s.l1View.getUint32(0) !== 0 || s.l1View.getUint32(4) !== 0);
+    if (!preallocated) return true;
+    return s.dataFile.node.impl.hasZeroInit?.() ?? false;
+  }
+
+  async check(fix: CheckFix): Promise<CheckResult> {
+    const s = this.state;
+    return this.locked(() => runCheck(s, fix));
+  }
+
+  async reopenPrepare(state: ReopenState): Promise<void> {
+    const s = this.state;
+    if (state.readOnly && !s.readOnly) {
+      if (s.broken) return;
+      await this.locked(async () => {
+        await s.l2Cache.flush();
+        await s.refCache.flush();
+        await markClean(s);
+      });
+    } else if (!state.readOnly && s.readOnly) {
+      if (s.header.incompatibleFeatures & INCOMPAT_CORRUPT && !s.checkMode) {
+        throw new BlockError('EACCES', 'qcow2: Image is corrupt; cannot be opened read/write');
+      }
+    }
+  }
+
+  reopenCommit(state: ReopenState): void {
+    if (!state.readOnly) this.state.pendingWriteSetup = true;
+  }
+
+  reopenAbort(_state: ReopenState): void {}
+
+  /** qcow2_close() → qcow2_inactivate(): write everything back and clear the dirty bit. */
+  async close(): Promise<void> {
+    const s = this.state;
+    if (s.cleanTimer) {
+      clearInterval(s.cleanTimer);
+      s.cleanTimer = null;
+    }
+    if (s.readOnly || s.broken) return;
+    await this.locked(async () => {
+      await s.l2Cache.flush();
+      await s.refCache.flush();
+      await markClean(s);
+    });
+  }
+
+  private async locked<T>(fn: () => Promise<T>): Promise<T> {
+    const s = this.state;
+    if (!s.lock.tryLock()) await s.lock.lock();
+    try {
+      return await fn();
+    } finally {
+      s.lock.unlock();
+    }
+  }
+}
+
+export function bitmapFlags(flags: number): string[] {
+  const out: string[] = [];
+  if (flags & BME_FLAG_IN_USE) out.push('in-use');
+  if (flags & BME_FLAG_AUTO) out.push('auto');
+  return out;
+}
+
+export { flushCaches };

@@ -1,0 +1,123 @@
+import {
+  BlockError,
+  ChildRole,
+  isBlockError,
+  type BlockNode,
+  type Child,
+  type OpenContext,
+  type Options,
+} from '@blockgraph/block-core';
+import type { CodecTable } from '../codec.js';
+import {
+  INCOMPAT_DATA_FILE,
+  parseBitmapDirectory,
+} from '../format/index.js';
+import { bitmapFlags, Qcow2Instance } from './instance.js';
+import { cacheIO, checkStructures, loadSnapshots, loadTables, readAt, readHeader } from './metadata.js';
+import { parseRuntimeOptions } from './options.js';
+import { runWriteSetup } from './setup.js';
+import { OVERLAP_ALL, Qcow2State } from './state.js';
+
+/** The protocol node at the bottom of `child` (a data file named in the image is opened with the same protocol). */
+function protocolName(node: BlockNode): string {
+  let n: BlockNode | undefined = node;
+  while (n && n.driver.kind !== 'protocol') n = (n.file ?? n.filteredChild())?.node;
+  return n?.driver.name ?? 'file';
+}
+
+function prepend(e: unknown, prefix: string): unknown {
+  return isBlockError(e) ? e.prepend(prefix) : e;
+}
+
+/** qcow2_open() / qcow2_do_open(). */
+export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Promise<CodecTable>): Promise<Qcow2Instance> {
+  const node = ctx.node;
+  const file = (await ctx.openChild('file', o.file, ChildRole.IMAGE))!;
+  const checkMode = o.checkMode === true;
+  const header = await readHeader({ file }, { readWrite: !ctx.readOnly, check: checkMode });
+  if (header.cryptMethod !== 0) {
+    throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
+  }
+  const size = Math.floor(header.size / 512) * 512;
+  const options = parseRuntimeOptions(o, header, size, node.common.discard === 'unmap');
+
+  let dataFile: Child = file;
+  const hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  if (hasDataFile) {
+    if (o.dataFile !== undefined && o.dataFile !== null) {
+      dataFile = (await ctx.openChild('data-file', o.dataFile, ChildRole.DATA))!;
+    } else if (header.extensions.dataFile !== null) {
+      try {
+        dataFile = await ctx.openImageByName('data-file', header.extensions.dataFile, protocolName(file.node), ChildRole.DATA);
+      } catch (e) {
+        throw prepend(e, `Could not open data file '${header.extensions.dataFile}': `);
+      }
+    } else {
+      throw new BlockError('EINVAL', "'data-file' is required for this image");
+    }
+    file.role = ChildRole.METADATA | ChildRole.PRIMARY;
+  } else if (o.dataFile !== undefined && o.dataFile !== null) {
+    throw new BlockError('EINVAL', "'data-file' can only be set for images with an external data file");
+  }
+
+  const s = new Qcow2State(node, file, dataFile, null, header, options);
+  s.checkMode = checkMode;
+  await loadTables(s);
+  s.makeCaches(cacheIO(s));
+  await loadSnapshots(s, (options.overlapCheck & OVERLAP_ALL) === OVERLAP_ALL);
+
+  const table = await codecs();
+  s.codec = table[header.compressionType] ?? null;
+
+  const inst = new Qcow2Instance(s, o);
+  const bm = header.extensions.bitmaps;
+  if (bm) {
+    try {
+      const dir = await readAt(s, bm.directoryOffset, bm.directorySize);
+      inst.bitmaps = parseBitmapDirectory(dir, bm.nbBitmaps, { clusterSize: s.clusterSize, virtualSize: s.size }).map((e) => ({
+        name: e.name,
+        granularity: 2 ** e.granularityBits,
+        flags: bitmapFlags(e.flags),
+      }));
+    } catch {
+      // QEMU warns and carries on without the bitmaps
+      inst.bitmaps = null;
+    }
+  }
+
+  if (o.backing !== null) {
+    try {
+      if (o.backing !== undefined) {
+        s.backing = await ctx.openChild('backing', o.backing, ChildRole.COW);
+      } else if (header.backingFile !== null) {
+        s.backing = await ctx.openImageByName(
+          'backing',
+          header.backingFile,
+          header.extensions.backingFormat ?? undefined,
+          ChildRole.COW,
+        );
+      }
+    } catch (e) {
+      throw prepend(e, 'Could not open backing file: ');
+    }
+  }
+
+  if (!ctx.readOnly) {
+    await checkStructures(s);
+    s.pendingWriteSetup = true;
+    await runWriteSetup(s);
+    inst.bitmaps = null;
+  }
+
+  const interval = options.cacheCleanInterval;
+  if (interval > 0) {
+    const t = setInterval(() => {
+      if (s.lock.isLocked) return;
+      s.l2Cache.cleanUnused();
+      s.refCache.cleanUnused();
+    }, interval * 1000);
+    (t as { unref?: () => void }).unref?.();
+    s.cleanTimer = t;
+  }
+  return inst;
+}

@@ -1,0 +1,271 @@
+import {
+  BlockError,
+  IOVector,
+  trace,
+  traceEnabled,
+  type BlockNode,
+  type Child,
+  type Graph,
+} from '@blockgraph/block-core';
+import type { CompressionCodec } from '../codec.js';
+import {
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  AUTOCLEAR_DATA_FILE_RAW,
+  headerGeometry,
+  l1EntryL2Offset,
+  l2Mode,
+  writeL1Entry,
+  type Qcow2Geometry,
+  type Qcow2Header,
+  type SnapshotEntry,
+} from '../format/index.js';
+import { MetaCache, type CacheIO } from './cache.js';
+import { IoTickets, type L2Meta } from './inflight.js';
+import { AsyncMutex } from './mutex.js';
+
+/** Why a cluster is freed; decides whether the freed range is also discarded in the file (QEMU's enum). */
+export const DiscardType = {
+  NEVER: 0,
+  ALWAYS: 1,
+  REQUEST: 2,
+  SNAPSHOT: 3,
+  OTHER: 4,
+} as const;
+export type DiscardType = (typeof DiscardType)[keyof typeof DiscardType];
+
+/** Overlap-check bits (QCOW2_OL_*). */
+export const Overlap = {
+  MAIN_HEADER: 1 << 0,
+  ACTIVE_L1: 1 << 1,
+  ACTIVE_L2: 1 << 2,
+  REFCOUNT_TABLE: 1 << 3,
+  REFCOUNT_BLOCK: 1 << 4,
+  SNAPSHOT_TABLE: 1 << 5,
+  INACTIVE_L1: 1 << 6,
+  INACTIVE_L2: 1 << 7,
+  BITMAP_DIRECTORY: 1 << 8,
+} as const;
+export const OVERLAP_NAMES = [
+  'qcow2_header',
+  'active L1 table',
+  'active L2 table',
+  'refcount table',
+  'refcount block',
+  'snapshot table',
+  'inactive L1 table',
+  'inactive L2 table',
+  'bitmap directory',
+] as const;
+export const OVERLAP_CONSTANT =
+  Overlap.MAIN_HEADER | Overlap.ACTIVE_L1 | Overlap.REFCOUNT_TABLE | Overlap.SNAPSHOT_TABLE | Overlap.BITMAP_DIRECTORY;
+export const OVERLAP_CACHED = OVERLAP_CONSTANT | Overlap.ACTIVE_L2 | Overlap.REFCOUNT_BLOCK | Overlap.INACTIVE_L1;
+export const OVERLAP_ALL = OVERLAP_CACHED | Overlap.INACTIVE_L2;
+
+/** Runtime options after parsing (qcow2_update_options). */
+export interface Qcow2RuntimeOptions {
+  lazyRefcounts: boolean;
+  /** By DiscardType: pass freed ranges down to the file as discards. */
+  discardPassthrough: boolean[];
+  overlapCheck: number;
+  l2CacheEntries: number;
+  l2CacheEntrySize: number;
+  refcountCacheEntries: number;
+  cacheCleanInterval: number;
+}
+
+export interface DiscardRegion {
+  offset: number;
+  bytes: number;
+}
+
+/**
+ * Everything an open qcow2 image knows (QEMU's BDRVQcow2State). The modules beside this file are functions over
+ * it: refcount.ts (refcounts and the cluster allocator), l1.ts, cluster.ts (mapping, allocation of guest
+ * clusters, zero/discard), rw.ts (the request paths), header-io.ts, overlap.ts.
+ */
+export class Qcow2State {
+  header: Qcow2Header;
+  g: Qcow2Geometry;
+  readonly version: 2 | 3;
+  readonly clusterSize: number;
+  readonly clusterBits: number;
+  /** Classification mode for the L2 entry decoders (extended entries, external data file). */
+  readonly mode: number;
+  readonly extendedL2: boolean;
+  readonly hasDataFile: boolean;
+  /** Guest size in bytes (a multiple of 512). */
+  size: number;
+
+  /** Active L1 table, big-endian as on disk. */
+  l1: Uint8Array = new Uint8Array(0);
+  l1View: DataView = new DataView(new ArrayBuffer(0));
+  l1Size = 0;
+  l1Offset = 0;
+
+  /** Refcount table: refcount block offsets (0 = none). */
+  reftable: Float64Array = new Float64Array(0);
+  reftableOffset = 0;
+  maxRefcountTableIndex = 0;
+
+  l2Cache!: MetaCache;
+  refCache!: MetaCache;
+  /** Entries per L2 cache slice. */
+  l2SliceEntries = 0;
+  l2SliceBytes = 0;
+
+  freeClusterIndex = 0;
+  /** Next free byte for compressed data (inside a partially used host cluster), 0 = none. */
+  freeByteOffset = 0;
+
+  cacheDiscards = false;
+  readonly discards: DiscardRegion[] = [];
+
+  readonly lock = new AsyncMutex();
+  readonly clusterAllocs: L2Meta[] = [];
+  readonly tickets = new IoTickets();
+
+  options: Qcow2RuntimeOptions;
+  useLazyRefcounts = false;
+
+  /** Set when a fatal corruption was found: the image is not used any more. */
+  broken: BlockError | null = null;
+  signaledCorruption = false;
+  /** Header changes to make before the first write (unknown autoclear bits, dirty-image repair). */
+  pendingWriteSetup = false;
+  /** Opened for qemu-img check: no automatic repair. */
+  checkMode = false;
+
+  snapshots: SnapshotEntry[] = [];
+  /** Byte length of the snapshot table (for overlap checks). */
+  snapshotTableBytes = 0;
+  /** L2 offsets of the inactive L1 tables, for overlap-check=all. */
+  inactiveL2: number[] | null = null;
+
+  metadataPreallocation: boolean | null = null;
+  codec: CompressionCodec | null = null;
+  cleanTimer: ReturnType<typeof setInterval> | null = null;
+
+  constructor(
+    readonly node: BlockNode,
+    readonly file: Child,
+    /** Where guest data lives: the external data file, else `file`. */
+    public dataFile: Child,
+    public backing: Child | null,
+    header: Qcow2Header,
+    options: Qcow2RuntimeOptions,
+  ) {
+    this.header = header;
+    this.g = headerGeometry(header);
+    this.version = header.version;
+    this.clusterSize = this.g.clusterSize;
+    this.clusterBits = this.g.clusterBits;
+    this.extendedL2 = (header.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    this.hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+    this.mode = l2Mode(this.extendedL2, this.hasDataFile);
+    this.size = Math.floor(header.size / 512) * 512;
+    this.options = options;
+  }
+
+  get graph(): Graph {
+    return this.node.graph;
+  }
+
+  get readOnly(): boolean {
+    return this.node.readOnly;
+  }
+
+  get dataFileIsRaw(): boolean {
+    return this.hasDataFile && (this.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+  }
+
+  get isDirty(): boolean {
+    return (this.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  }
+
+  /** qcow2_need_accurate_refcounts(): refcounts are written (not postponed by lazy refcounts). */
+  get needAccurateRefcounts(): boolean {
+    return !this.isDirty;
+  }
+
+  /** Length of the image file. */
+  get fileLength(): number {
+    return this.file.node.totalBytes;
+  }
+
+  /** Number of L1 entries needed for the guest size (l1_vm_state_index). */
+  get l1VmStateIndex(): number {
+    return Math.ceil(this.size / this.g.bytesPerL2Table);
+  }
+
+  // --- L1 --------------------------------------------------------------------------------------------------
+
+  l1L2Offset(index: number): number {
+    return l1EntryL2Offset(this.l1View.getUint32(index * 8), this.l1View.getUint32(index * 8 + 4));
+  }
+
+  l1Raw(index: number): { hi: number; lo: number } {
+    return { hi: this.l1View.getUint32(index * 8), lo: this.l1View.getUint32(index * 8 + 4) };
+  }
+
+  setL1(index: number, l2Offset: number, copied: boolean): void {
+    writeL1Entry(this.l1View, index, l2Offset, copied);
+  }
+
+  setL1Table(table: Uint8Array, size: number, offset: number): void {
+    this.l1 = table;
+    this.l1View = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    this.l1Size = size;
+    this.l1Offset = offset;
+    this.header.l1Size = size;
+    this.header.l1TableOffset = offset;
+  }
+
+  // --- reftable --------------------------------------------------------------------------------------------
+
+  updateMaxRefcountTableIndex(): void {
+    let i = this.reftable.length - 1;
+    while (i > 0 && this.reftable[i] === 0) i--;
+    this.maxRefcountTableIndex = Math.max(0, i);
+  }
+
+  // --- file I/O ----------------------------------------------------------------------------------------------
+
+  async readFile(offset: number, buf: Uint8Array): Promise<void> {
+    await this.file.preadv(offset, buf.byteLength, IOVector.of(buf));
+  }
+
+  async writeFile(offset: number, buf: Uint8Array): Promise<void> {
+    await this.file.pwritev(offset, buf.byteLength, IOVector.of(buf));
+  }
+
+  /** bdrv_pwrite_sync(). */
+  async writeFileSync(offset: number, buf: Uint8Array): Promise<void> {
+    await this.writeFile(offset, buf);
+    await this.flushFile();
+  }
+
+  flushFile(): Promise<void> {
+    return this.file.flush();
+  }
+
+  // --- events ----------------------------------------------------------------------------------------------
+
+  trace(event: string, data: Record<string, unknown>): void {
+    if (traceEnabled()) trace(`qcow2.${event}`, { node: this.node.nodeName, ...data });
+  }
+
+  /** The request path refuses to run on an image marked corrupt at runtime. */
+  checkUsable(): void {
+    if (this.broken) throw this.broken;
+  }
+
+  makeCaches(io: CacheIO): void {
+    const o = this.options;
+    this.l2SliceBytes = o.l2CacheEntrySize;
+    this.l2SliceEntries = o.l2CacheEntrySize / this.g.l2EntrySize;
+    this.l2Cache = new MetaCache('L2', o.l2CacheEntrySize, o.l2CacheEntries, io);
+    this.refCache = new MetaCache('refcount', this.clusterSize, o.refcountCacheEntries, io);
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * @blockgraph/driver-qcow2: the qcow2 format driver (QEMU 7.2-compatible), image creation and check, plus the
+ * pure on-disk format layer. Platform-neutral; Node users may prefer `@blockgraph/driver-qcow2/node`, whose
+ * driver uses Node's native zlib.
+ */
+import { defaultCodecs } from './codecs/index.js';
+import { createQcow2Driver } from './driver/driver.js';
+
+export { createQcow2Driver, probeQcow2, type Qcow2DriverOptions } from './driver/driver.js';
+export { QCOW2_RUNTIME_OPTIONS } from './driver/options.js';
+export { QCOW2_CREATE_OPTIONS } from './driver/create.js';
+export { Qcow2Instance, type Qcow2BitmapInfo } from './driver/instance.js';
+export type { Qcow2State } from './driver/state.js';
+export { codecFor, decompressionError, type CodecTable, type CompressionCodec } from './codec.js';
+export { neutralCodecs, createPakoZlibCodec, createZstdWasmCodec } from './codecs/index.js';
+export {
+  checkImage,
+  checkExitCode,
+  checkFailureMessage,
+  checkResultJson,
+  formatCheckHuman,
+  formatCheckJson,
+  type ImageIO,
+  type CheckImageOptions,
+} from './check/index.js';
+export * as qcow2Format from './format/index.js';
+
+/** The qcow2 driver with platform-neutral codecs (zlib on pako, zstd on WebAssembly). */
+export const qcow2Driver = createQcow2Driver({ codecs: defaultCodecs });

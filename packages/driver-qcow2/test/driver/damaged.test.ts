@@ -1,0 +1,183 @@
+/**
+ * Damaged images give a clear BlockError — never a crash, a hang or (read-only) a write; a read-write user that
+ * meets corrupt metadata marks the image corrupt with QEMU's message and stops writing.
+ */
+import { statSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { isBlockError } from '@blockgraph/block-core';
+import { makeSourceData } from '../format/source-data.js';
+import { Workdir, dataView, hasQemu, newGraph, openQcow2, qemuCheck, readAll, run } from './helpers.js';
+import { qemuOpenMessage } from '../format/qemu.js';
+
+const M = 1024 * 1024;
+
+describe.skipIf(!hasQemu)('damaged images', () => {
+  let w: Workdir;
+  beforeEach(() => {
+    w = new Workdir();
+  });
+  afterEach(() => w.cleanup());
+
+  /** std image: L1 @0x30000, L2 @0x40000, data from 0x50000 (1 MiB of 0xab at guest 0). */
+  function std(name = 'd.qcow2'): string {
+    w.create(name, '64M');
+    w.qemuIo(name, 'write -q -P 0xab 0 1M', 'write -q -P 0xcd 4M 64k');
+    return name;
+  }
+
+  function patch(name: string, fn: (v: DataView, bytes: Uint8Array) => Uint8Array | void): void {
+    const bytes = w.read(name);
+    const out = fn(dataView(bytes), bytes) ?? bytes;
+    w.write(name, out);
+  }
+
+  /** Open read-only and read everything; returns the first error (or null); checks the file is untouched. */
+  async function readOnlyAttempt(name: string): Promise<unknown> {
+    const before = w.read(name);
+    const mtime = statSync(w.path(name)).mtimeMs;
+    const graph = newGraph();
+    let err: unknown = null;
+    try {
+      const { node, be } = await openQcow2(graph, w.path(name), { readOnly: true });
+      try {
+        await readAll(be, node.totalBytes, M);
+      } catch (e) {
+        err = e;
+      }
+    } catch (e) {
+      err = e;
+    } finally {
+      await graph.close();
+    }
+    expect(Buffer.compare(Buffer.from(w.read(name)), Buffer.from(before))).toBe(0);
+    expect(statSync(w.path(name)).mtimeMs).toBe(mtime);
+    if (err !== null) expect(isBlockError(err), String(err)).toBe(true);
+    return err;
+  }
+
+  test('bad magic', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(0, 0x12345678));
+    const err = await readOnlyAttempt(name);
+    expect((err as Error).message).toBe('Image is not in qcow2 format');
+  });
+
+  test('huge l1_size: refused with QEMU\'s message', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(36, 0x10000000));
+    const err = await readOnlyAttempt(name);
+    expect((err as Error).message).toBe(qemuOpenMessage(w.infoError(name).stderr));
+  });
+
+  test('unknown incompatible feature bit: refused, named like QEMU does', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(76, v.getUint32(76) | 0x20));
+    const err = await readOnlyAttempt(name);
+    expect((err as { code: string }).code).toBe('ENOTSUP');
+    expect((err as Error).message).toBe(qemuOpenMessage(w.infoError(name).stderr));
+  });
+
+  test('L2 table offset past the end of the file: EIO, no write', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(0x30000 + 4, 0x10000000));
+    const err = await readOnlyAttempt(name);
+    expect((err as { code: string }).code).toBe('EIO');
+    expect((err as Error).message).toMatch(/L2 table offset 0x10000000 lies beyond the end of the image file/);
+  });
+
+  test('truncated file (L2 table cut off): EIO, no write', async () => {
+    const name = std();
+    patch(name, (_v, bytes) => bytes.subarray(0, 0x38000));
+    const err = await readOnlyAttempt(name);
+    expect((err as { code: string }).code).toBe('EIO');
+  });
+
+  test('compressed cluster descriptor past the end of the file: EIO, no write', async () => {
+    w.write('src.raw', makeSourceData());
+    w.qemuImg('convert', '-c', '-O', 'qcow2', 'src.raw', 'c.qcow2');
+    // L2 at 0x40000: entry 0 = 0x4000000000050000 -> point it 256 MiB further.
+    patch('c.qcow2', (v) => v.setUint32(0x40000 + 4, 0x10050000));
+    const err = await readOnlyAttempt('c.qcow2');
+    expect((err as { code: string }).code).toBe('EIO');
+    expect((err as Error).message).toMatch(/compressed cluster data at 0x10050000 lies beyond the end of the image file/);
+  });
+
+  test('refcount table pointing into the L1 table: readable read-only; a read-write open marks it corrupt', async () => {
+    const name = std();
+    patch(name, (v) => {
+      v.setUint32(48, 0);
+      v.setUint32(52, 0x30000);
+    });
+    expect(await readOnlyAttempt(name)).toBeNull();
+    const graph = newGraph();
+    const err = await openQcow2(graph, w.path(name)).catch((e: unknown) => e);
+    await graph.close();
+    expect(isBlockError(err, 'EIO')).toBe(true);
+    expect((err as Error).message).toBe(
+      'qcow2: Marking image as corrupt: The refcount table overlaps with the active L1 table; further corruption events will be suppressed',
+    );
+    const info = JSON.parse(run('qemu-img', ['info', '--output=json', name], w.dir).out) as { 'format-specific': { data: { corrupt: boolean } } };
+    expect(info['format-specific'].data.corrupt).toBe(true);
+  });
+
+  test('two L2 entries sharing a cluster: reads work read-only, check reports the corruption', async () => {
+    const name = std();
+    // L2[1] := L2[0]
+    patch(name, (v) => {
+      v.setUint32(0x40008, v.getUint32(0x40000));
+      v.setUint32(0x4000c, v.getUint32(0x40004));
+    });
+    expect(await readOnlyAttempt(name)).toBeNull();
+    const graph = newGraph();
+    try {
+      const { node } = await openQcow2(graph, w.path(name), { readOnly: true });
+      const res = await node.impl.check!('none');
+      expect(res.corruptions).toBeGreaterThan(0);
+    } finally {
+      await graph.close();
+    }
+  });
+
+  test('corrupt bit: read-only works, read-write is refused with QEMU\'s message', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(76, v.getUint32(76) | 0x2));
+    expect(await readOnlyAttempt(name)).toBeNull();
+    const graph = newGraph();
+    const err = await openQcow2(graph, w.path(name)).catch((e: unknown) => e);
+    await graph.close();
+    expect(isBlockError(err, 'EACCES')).toBe(true);
+    expect((err as Error).message).toBe('qcow2: Image is corrupt; cannot be opened read/write');
+    expect(w.ioOpenError(name, true).stderr).toContain('Image is corrupt; cannot be opened read/write');
+  });
+
+  test('a data cluster overlapping the L1 table: the write is refused and the image marked corrupt', async () => {
+    const name = std();
+    // Guest cluster 20 -> host 0x30000 (the L1 table), COPIED, so it would be written in place.
+    patch(name, (v) => {
+      v.setUint32(0x40000 + 20 * 8, 0x80000000);
+      v.setUint32(0x40000 + 20 * 8 + 4, 0x30000);
+    });
+    const graph = newGraph();
+    const events: unknown[] = [];
+    graph.on((e) => events.push(e));
+    try {
+      const { be } = await openQcow2(graph, w.path(name));
+      const err = await be.pwrite(20 * 65536, new Uint8Array(512).fill(1)).catch((e: unknown) => e);
+      expect(isBlockError(err, 'EIO')).toBe(true);
+      expect((err as Error).message).toBe(
+        'qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with active L1 table); further corruption events will be suppressed',
+      );
+      // The node is unusable from now on; nothing else is written.
+      await expect(be.pwrite(0, new Uint8Array(512))).rejects.toThrow(/corrupt/);
+      await expect(be.read(0, 512)).rejects.toThrow(/corrupt/);
+      expect(events).toContainEqual(expect.objectContaining({ event: 'BLOCK_IMAGE_CORRUPTED' }));
+    } finally {
+      await graph.close();
+    }
+    const bytes = w.read(name);
+    expect(dataView(bytes).getUint32(76) & 0x2).toBe(2);
+    // The L1 table was not overwritten.
+    expect(dataView(bytes).getUint32(0x30004)).toBe(0x40000);
+    expect(qemuCheck(w.path(name)).out).toMatch(/corrupt|ERROR/i);
+  });
+});
