@@ -1,4 +1,4 @@
-import { AUTOCLEAR_BITMAPS } from '../format/index.js';
+import { AUTOCLEAR_BITMAPS, Overlap, OVERLAP_CACHED, OVERLAP_NAMES } from '../format/index.js';
 import { CheckAbort } from './check-abort.js';
 import { signalCorruption, type CheckState } from './check-state.js';
 
@@ -7,31 +7,7 @@ import { signalCorruption, type CheckState } from './check-state.js';
  * "cached" template: everything but inactive L2 tables). A write that would land on known metadata marks
  * the image corrupt and fails with EIO instead.
  */
-export const Overlap = {
-  MAIN_HEADER: 1 << 0,
-  ACTIVE_L1: 1 << 1,
-  ACTIVE_L2: 1 << 2,
-  REFCOUNT_TABLE: 1 << 3,
-  REFCOUNT_BLOCK: 1 << 4,
-  SNAPSHOT_TABLE: 1 << 5,
-  INACTIVE_L1: 1 << 6,
-  INACTIVE_L2: 1 << 7,
-  BITMAP_DIRECTORY: 1 << 8,
-} as const;
-
-const NAMES = [
-  'qcow2_header',
-  'active L1 table',
-  'active L2 table',
-  'refcount table',
-  'refcount block',
-  'snapshot table',
-  'inactive L1 table',
-  'inactive L2 table',
-  'bitmap directory',
-];
-
-const CACHED = 0x1ff & ~Overlap.INACTIVE_L2;
+export { Overlap };
 
 function overlaps(a: number, alen: number, b: number, blen: number): boolean {
   return !(b + blen - 1 < a || a + alen - 1 < b);
@@ -43,7 +19,7 @@ function asNumber(v: number | bigint): number {
 
 /** qcow2_check_metadata_overlap(): the first overlapping section (an Overlap bit) or 0. */
 export function checkMetadataOverlap(st: CheckState, ign: number, offset: number, size: number): number {
-  const chk = CACHED & ~ign;
+  const chk = OVERLAP_CACHED & ~ign;
   const cs = st.clusterSize;
   if (!size) return 0;
   if (chk & Overlap.MAIN_HEADER && offset < cs) return Overlap.MAIN_HEADER;
@@ -98,7 +74,7 @@ export function checkMetadataOverlap(st: CheckState, ign: number, offset: number
 export async function preWriteOverlapCheck(st: CheckState, ign: number, offset: number, size: number): Promise<void> {
   const hit = checkMetadataOverlap(st, ign, offset, size);
   if (hit) {
-    const name = NAMES[31 - Math.clz32(hit & -hit)]!;
+    const name = OVERLAP_NAMES[31 - Math.clz32(hit & -hit)]!;
     await signalCorruption(st, `Preventing invalid write on metadata (overlaps with ${name})`);
     throw new CheckAbort('EIO');
   }

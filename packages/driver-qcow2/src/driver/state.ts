@@ -35,33 +35,7 @@ export const DiscardType = {
 } as const;
 export type DiscardType = (typeof DiscardType)[keyof typeof DiscardType];
 
-/** Overlap-check bits (QCOW2_OL_*). */
-export const Overlap = {
-  MAIN_HEADER: 1 << 0,
-  ACTIVE_L1: 1 << 1,
-  ACTIVE_L2: 1 << 2,
-  REFCOUNT_TABLE: 1 << 3,
-  REFCOUNT_BLOCK: 1 << 4,
-  SNAPSHOT_TABLE: 1 << 5,
-  INACTIVE_L1: 1 << 6,
-  INACTIVE_L2: 1 << 7,
-  BITMAP_DIRECTORY: 1 << 8,
-} as const;
-export const OVERLAP_NAMES = [
-  'qcow2_header',
-  'active L1 table',
-  'active L2 table',
-  'refcount table',
-  'refcount block',
-  'snapshot table',
-  'inactive L1 table',
-  'inactive L2 table',
-  'bitmap directory',
-] as const;
-export const OVERLAP_CONSTANT =
-  Overlap.MAIN_HEADER | Overlap.ACTIVE_L1 | Overlap.REFCOUNT_TABLE | Overlap.SNAPSHOT_TABLE | Overlap.BITMAP_DIRECTORY;
-export const OVERLAP_CACHED = OVERLAP_CONSTANT | Overlap.ACTIVE_L2 | Overlap.REFCOUNT_BLOCK | Overlap.INACTIVE_L1;
-export const OVERLAP_ALL = OVERLAP_CACHED | Overlap.INACTIVE_L2;
+export { Overlap, OVERLAP_NAMES, OVERLAP_CONSTANT, OVERLAP_CACHED, OVERLAP_ALL } from '../format/overlap.js';
 
 /** Runtime options after parsing (qcow2_update_options). */
 export interface Qcow2RuntimeOptions {

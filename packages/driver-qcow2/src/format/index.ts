@@ -13,3 +13,4 @@ export * from './refcount-table.js';
 export * from './refcount-block.js';
 export * from './snapshot-table.js';
 export * from './bitmap-directory.js';
+export * from './overlap.js';
