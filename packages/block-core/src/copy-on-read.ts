@@ -103,7 +103,8 @@ function releaseCopyUpLocks(locks: CopyUpLock[]): void {
  */
 export async function copyOnReadv(child: Child, offset: number, bytes: number, qiov: IOVector | null, flags: ReqFlags): Promise<void> {
   const node = child.node;
-  const cluster = node.getClusterSize();
+  // bdrv_round_to_subclusters(): with qcow2's extended L2 entries only the touched subclusters are copied.
+  const cluster = node.impl.getInfo?.().subclusterSize ?? node.getClusterSize();
   const start = alignDown(offset, cluster);
   const end = alignUp(offset + bytes, cluster);
   const maxTransfer = node.limits.maxTransfer ? Math.min(node.limits.maxTransfer, MAX_REQUEST_BYTES) : MAX_REQUEST_BYTES;

@@ -7,8 +7,8 @@ import { IOVector } from './iovec.js';
 import type { Job } from './job.js';
 import { BlockNode, type CommonNodeOptions } from './node.js';
 import { kebabCase, normaliseOptions, validateOptions, type Options } from './options.js';
-import { ChildRole, PERM_ALL, type ChildRoles } from './perm.js';
-import { refreshPerms, setEdgePerms } from './permission.js';
+import { ChildRole, Perm, PERM_ALL, type ChildRoles } from './perm.js';
+import { cumulativePerms, refreshPerms, setEdgePerms } from './permission.js';
 import { DriverRegistry } from './registry.js';
 import type { BlockDriver, OpenContext } from './spec.js';
 import { Transaction } from './transaction.js';
@@ -567,14 +567,16 @@ export class Graph {
 
   /**
    * blockdev-snapshot: `overlay` (opened without a backing file) gets `node` as its backing file and takes over
-   * all of `node`'s parents, in one transaction inside a drained section.
+   * all of `node`'s parents, in one transaction inside a drained section. As in QEMU (since 5.0), an overlay
+   * that is in use is accepted as long as none of its parents reads it (takes consistent read): a mirror
+   * target, which is write-only access, may get its backing file this way (iotest 155).
    */
   async snapshot(nameOrNode: string | BlockNode, overlayName: string | BlockNode): Promise<void> {
     const node = this.getNode(nameOrNode);
     const overlay = this.getNode(overlayName);
     if (!overlay.capabilities.backing) throw new BlockError('ENOTSUP', `The overlay does not support backing images`);
     if (overlay.backing) throw new BlockError('EINVAL', `The overlay already has a backing image`);
-    if (overlay.parents.length) throw new BlockError('EBUSY', `The overlay is already in use`);
+    if (cumulativePerms(overlay).perm & Perm.CONSISTENT_READ) throw new BlockError('EBUSY', `The overlay is already in use`);
     await withDrained([node, overlay], () =>
       Transaction.run((tran) => {
         this.attachEdge(overlay, node, 'backing', ChildRole.COW, tran);

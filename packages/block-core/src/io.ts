@@ -112,31 +112,34 @@ export async function alignedPreadv(
     if (!allocatedAll) return copyOnReadv(child, offset, bytes, qiov, flags);
     if (flags & ReqFlag.PREFETCH) return;
   }
-  if (flags & ReqFlag.PREFETCH) {
+  // A driver that takes PREFETCH (the copy-on-read filter) gets it, with or without a buffer, as in QEMU; for
+  // any other driver a PREFETCH read without a buffer has nothing left to do.
+  if (flags & ReqFlag.PREFETCH && !(node.supportedReadFlags & ReqFlag.PREFETCH)) {
     if (!qiov) return;
     flags &= ~ReqFlag.PREFETCH;
   }
   const total = node.totalBytes;
   const maxBytes = alignUp(Math.max(0, total - offset), align);
   const maxTransfer = effectiveMaxTransfer(node, align);
-  if (bytes <= maxBytes && bytes <= maxTransfer) return driverPreadv(node, offset, bytes, qiov!, flags);
+  if (bytes <= maxBytes && bytes <= maxTransfer) return driverPreadv(node, offset, bytes, qiov, flags);
   for (let done = 0; done < bytes; ) {
     const left = bytes - done;
     let num: number;
     if (maxBytes > done) {
       num = Math.min(left, maxBytes - done, maxTransfer);
-      await driverPreadv(node, offset + done, num, qiov!.slice(done, num), flags);
+      await driverPreadv(node, offset + done, num, qiov ? qiov.slice(done, num) : null, flags);
     } else {
       num = left;
-      qiov!.fill(0, done, num);
+      qiov?.fill(0, done, num);
     }
     done += num;
   }
 }
 
-export function driverPreadv(node: BlockNode, offset: number, bytes: number, qiov: IOVector, flags: ReqFlags): Promise<void> {
+/** `qiov` is null only for a PREFETCH read reaching a driver that lists PREFETCH in its read flags. */
+export function driverPreadv(node: BlockNode, offset: number, bytes: number, qiov: IOVector | null, flags: ReqFlags): Promise<void> {
   const impl = node.impl;
-  if (impl.preadv) return impl.preadv(offset, bytes, qiov, flags & node.supportedReadFlags);
+  if (impl.preadv) return impl.preadv(offset, bytes, qiov as IOVector, flags & node.supportedReadFlags);
   const c = node.filteredChild();
   if (c) return c.preadv(offset, bytes, qiov, flags);
   throw new BlockError('ENOTSUP', `Driver '${node.driver.name}' does not support reading`);

@@ -177,6 +177,7 @@ export interface BlockDriverInstance {
   /** A name that describes the data, e.g. the file name; formats inherit their file's. */
   readonly filename?: string;
 
+  /** A driver listing PREFETCH in `supportedReadFlags` may get PREFETCH reads with a null `qiov` (copy, don't fill). */
   preadv?(offset: number, bytes: number, qiov: IOVector, flags: ReqFlags): Promise<void>;
   pwritev?(offset: number, bytes: number, qiov: IOVector, flags: ReqFlags): Promise<void>;
   /** Throw BlockError ENOTSUP to let the core fall back to writing a zero buffer. */

@@ -78,6 +78,26 @@ describe('copy-on-read filter', () => {
     g.backend('top', { perm: R, shared: PERM_ALL }).remove();
   });
 
+  it('PREFETCH without a buffer reaches the filter and copies (block-stream’s read), with and without bottom', async () => {
+    const { g, top, expected } = await chain();
+    const cor = await g.addNode({ driver: 'copy-on-read', nodeName: 'cor', file: 'top' });
+    const guest = g.backend(cor, { perm: R, shared: R | WU });
+    await guest.preadv(3 * CL + 7, 5 * CL, null, ReqFlag.PREFETCH);
+    expect(await isAllocated(top, 3 * CL, 6 * CL)).toEqual({ allocated: true, pnum: 6 * CL });
+    expect((await isAllocated(top, 9 * CL, CL)).allocated).toBe(false);
+    const plain = g.backend('top', { perm: R, shared: PERM_ALL });
+    expect(Buffer.compare(await plain.read(3 * CL, 6 * CL), expected.subarray(3 * CL, 9 * CL))).toBe(0);
+    plain.remove();
+    guest.remove();
+    await g.deleteNode('cor');
+    // With bottom: mid's clusters are copied, base's are not.
+    const cor2 = await g.addNode({ driver: 'copy-on-read', nodeName: 'cor2', file: 'top', bottom: 'mid' });
+    const guest2 = g.backend(cor2, { perm: R, shared: R | WU });
+    await guest2.preadv(SIZE / 4 - 2 * CL, 4 * CL, null, ReqFlag.PREFETCH);
+    expect(await isAllocated(top, SIZE / 4 - 2 * CL, 2 * CL)).toEqual({ allocated: true, pnum: 2 * CL });
+    expect((await isAllocated(top, SIZE / 4, 2 * CL)).allocated).toBe(false);
+  });
+
   it('rejects a bad bottom with QEMU’s messages', async () => {
     const { g } = await chain();
     await expect(g.addNode({ driver: 'copy-on-read', file: 'top', bottom: 'nope' })).rejects.toThrow("Bottom node 'nope' not found");
