@@ -11,8 +11,9 @@
  * read, io.c raises `flush_to_disk` before flushing a node's data); here blkdebug raises them itself, at the start
  * of each of its own requests, which is the same point for the request that triggered them:
  *   read → `read_aio`; write → `cor_write` (WRITE_UNCHANGED writes only), `write_aio`, `pwritev`, and
- *   `pwritev_done` once written; zero write → `pwritev_zero`; flush → `flush_to_os`, and `flush_to_disk` when
- *   something was written since the last successful flush (QEMU skips a clean node's flush the same way).
+ *   `pwritev_done` once written; zero write → `cor_write` (WRITE_UNCHANGED only), `pwritev_zero`; flush →
+ *   `flush_to_os`, and `flush_to_disk` when something was written since the last successful flush (QEMU skips a
+ *   clean node's flush the same way).
  * Other events (l2_load, refblock_alloc, ...) are accepted in rules and can be raised with `event()`, e.g. by a
  * format driver that wants to be debuggable.
  *
@@ -508,6 +509,8 @@ export const blkdebugDriver: BlockDriver = defineBlockDriver({
         await dbg.event('pwritev_done');
       },
       async pwriteZeroes(offset: number, bytes: number, flags: ReqFlags) {
+        // Copy-on-read writes all-zero data back as a zero write; QEMU raises cor_write before either kind.
+        if (flags & ReqFlag.WRITE_UNCHANGED) await dbg.event('cor_write');
         await dbg.event('pwritev_zero');
         await dbg.check(offset, bytes, 'write-zeroes');
         await file.pwriteZeroes(offset, bytes, flags);

@@ -121,6 +121,8 @@ export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise
 }
 
 async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
+  // bdrv_open_common(): copy-on-read writes into the image, so it is refused before anything is opened.
+  if (spec.copyOnRead && spec.readOnly) throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
   const o = imageOptions(spec);
   const common: Options = {};
   common.readOnly = spec.readOnly;
