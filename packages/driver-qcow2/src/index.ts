@@ -9,6 +9,8 @@ import { createQcow2Driver } from './driver/driver.js';
 export { createQcow2Driver, probeQcow2, type Qcow2DriverOptions } from './driver/driver.js';
 export { QCOW2_RUNTIME_OPTIONS } from './driver/options.js';
 export { QCOW2_CREATE_OPTIONS } from './driver/create.js';
+export { QCOW2_AMEND_OPTIONS } from './driver/amend.js';
+export { calcPreallocSize, measureQcow2 } from './driver/measure.js';
 export { Qcow2Instance, type Qcow2BitmapInfo } from './driver/instance.js';
 export type { Qcow2State } from './driver/state.js';
 export { codecFor, decompressionError, type CodecTable, type CompressionCodec } from './codec.js';

@@ -23,10 +23,13 @@ async function listSnapshots(node: BlockNode): Promise<SnapshotInfo[] | undefine
   return n.impl.snapshotList!();
 }
 
-/** bdrv_snapshot_find(): by id, then by name. */
+/**
+ * bdrv_snapshot_find() of QEMU 7.2: by name only (so `qemu-img snapshot -d 2` does not delete the snapshot
+ * with id 2 unless it is also named "2"; -a goes through the driver, which tries the id first).
+ */
 async function findSnapshot(node: BlockNode, name: string): Promise<SnapshotInfo | undefined> {
   const list = (await listSnapshots(node).catch(() => undefined)) ?? [];
-  return list.find((s) => s.id === name) ?? list.find((s) => s.name === name);
+  return list.find((s) => s.name === name);
 }
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {

@@ -4,6 +4,8 @@ import { QCOW_MAGIC } from '../format/index.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { openQcow2 } from './open.js';
 import { QCOW2_RUNTIME_OPTIONS } from './options.js';
+import { QCOW2_AMEND_OPTIONS } from './amend.js';
+import { measureQcow2 } from './measure.js';
 
 export interface Qcow2DriverOptions {
   /**
@@ -52,11 +54,13 @@ export function createQcow2Driver(opts: Qcow2DriverOptions): BlockDriver {
       reopen: true,
       create: true,
       check: true,
-      snapshots: false,
+      snapshots: true,
       compressedWrite: true,
     },
     options: QCOW2_RUNTIME_OPTIONS,
     createOptions: QCOW2_CREATE_OPTIONS as unknown as OptionSchema,
+    amendOptions: QCOW2_AMEND_OPTIONS,
+    measure: (o, source) => measureQcow2(o, source),
     probe: probeQcow2,
     open: (ctx, o) => openQcow2(ctx, o, codecs),
     create: (graph, o) => createQcow2(graph, o, driver.name),

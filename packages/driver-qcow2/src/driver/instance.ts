@@ -13,6 +13,7 @@ import {
   type ReqFlags,
   type BlockDriverInstance,
   type Options,
+  type SnapshotInfo,
   IOVector as IOV,
 } from '@blockgraph/block-core';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, INCOMPAT_CORRUPT } from '../format/index.js';
@@ -22,6 +23,10 @@ import * as rw from './rw.js';
 import { runCheck, runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
+import { amendImage } from './amend.js';
+import { changeBackingFile } from './backing-file.js';
+import { createSnapshot, deleteSnapshot, gotoResizeFailed, gotoSnapshot, listSnapshots, prepareGoto, type CreateSnapshotInfo } from './snapshot.js';
+import { drained, locked as lockedOp, prepareForChange, resizeFromDriver } from './snapshot-ops.js';
 
 /** A persistent bitmap as qemu-img info lists it. */
 export interface Qcow2BitmapInfo {
@@ -54,6 +59,11 @@ export class Qcow2Instance implements BlockDriverInstance {
 
   getLength(): number {
     return this.state.size;
+  }
+
+  /** blockdev-snapshot / blockdev-reopen gave the node another backing file (or none): read and COW from it. */
+  backingChanged(): void {
+    this.state.backing = this.state.node.backing ?? null;
   }
 
   refreshLimits(_merged: BlockLimits): Partial<BlockLimits> {
@@ -111,6 +121,7 @@ export class Qcow2Instance implements BlockDriverInstance {
   getInfo(): DriverInfo {
     const s = this.state;
     const info: DriverInfo = { clusterSize: s.clusterSize, subclusterSize: s.g.subclusterSize, isDirty: s.isDirty };
+    info.vmStateOffset = s.l1VmStateIndex * s.g.bytesPerL2Table;
     if (s.header.backingFile !== null) info.backingFilename = s.header.backingFile;
     if (s.header.extensions.backingFormat !== null) info.backingFormat = s.header.extensions.backingFormat;
     return info;
@@ -185,6 +196,65 @@ export class Qcow2Instance implements BlockDriverInstance {
   }
 
   reopenAbort(_state: ReopenState): void {}
+
+  // --- internal snapshots, amend, backing file (snapshot.ts, amend.ts, backing-file.ts) ---------------------
+
+  async snapshotList(): Promise<SnapshotInfo[]> {
+    return listSnapshots(this.state);
+  }
+
+  /** qcow2_snapshot_create(); the id is generated as QEMU 7.2 does (a requested one is ignored). */
+  async snapshotCreate(info: CreateSnapshotInfo & { id?: string }): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    await drained(s, () => lockedOp(s, () => createSnapshot(s, info)));
+  }
+
+  /** qcow2_snapshot_goto(): by id, else by name; resizes the image to the snapshot's size first. */
+  async snapshotGoto(idOrName: string): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    await drained(s, async () => {
+      const { index, resizeTo } = prepareGoto(s, idOrName);
+      if (resizeTo !== null) {
+        try {
+          await resizeFromDriver(s, (o, e, p, f) => this.truncate(o, e, p, f), resizeTo);
+        } catch (e) {
+          throw gotoResizeFailed(e);
+        }
+      }
+      await lockedOp(s, () => gotoSnapshot(s, index));
+    });
+  }
+
+  /** qcow2_snapshot_delete(): the entry matching `id` and/or `name` (both when both are given). */
+  async snapshotDelete(id: string | undefined, name: string | undefined): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    await drained(s, () => lockedOp(s, () => deleteSnapshot(s, id, name)));
+  }
+
+  /** qemu-img amend (qcow2_amend_options); options as QCOW2_AMEND_OPTIONS, typed or as strings. */
+  async amend(options: Options): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    try {
+      await drained(s, () =>
+        amendImage(s, options, { resize: (size) => resizeFromDriver(s, (o, e, p, f) => this.truncate(o, e, p, f), size) }, (fn) =>
+          lockedOp(s, fn),
+        ),
+      );
+    } finally {
+      s.node.refreshLimits();
+    }
+  }
+
+  /** bdrv_change_backing_file() for qcow2: the name and format recorded in the header. */
+  async changeBackingFile(filename: string | undefined, format: string | undefined): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    await drained(s, () => lockedOp(s, () => changeBackingFile(s, filename, format)));
+  }
 
   /** qcow2_close() → qcow2_inactivate(): write everything back and clear the dirty bit. */
   async close(): Promise<void> {

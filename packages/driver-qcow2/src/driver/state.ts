@@ -62,7 +62,8 @@ export interface DiscardRegion {
 export class Qcow2State {
   header: Qcow2Header;
   g: Qcow2Geometry;
-  readonly version: 2 | 3;
+  /** 2 or 3; changed only by amend (compat upgrade/downgrade). */
+  version: 2 | 3;
   readonly clusterSize: number;
   readonly clusterBits: number;
   /** Classification mode for the L2 entry decoders (extended entries, external data file). */
