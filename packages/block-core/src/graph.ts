@@ -616,6 +616,24 @@ export class Graph {
     if (old && old.node.implicit && old.node.parents.length === 0) await this.closeNode(old.node);
   }
 
+  /**
+   * bdrv_open_backing_file(): open the backing file named in `node`'s header — relative to the image, through its
+   * protocol, as opening the node would have — and attach it as the node's backing file. For a node that was
+   * opened without its backing file (`backing: null`); one whose header names none stays without (null).
+   */
+  async openBackingFile(nameOrNode: string | BlockNode): Promise<BlockNode | null> {
+    const node = this.getNode(nameOrNode);
+    if (!node.capabilities.backing) {
+      throw new BlockError('ENOTSUP', `Driver '${node.driver.name}' of node '${node.nodeName}' does not support backing files`);
+    }
+    if (node.backing) throw new BlockError('EINVAL', `Node '${node.nodeName}' already has a backing file`);
+    const { backingFilename, backingFormat } = node.impl.getInfo?.() ?? {};
+    if (!backingFilename) return null;
+    const c = await withDrained([node], () => this.openImageByName(node, 'backing', backingFilename, backingFormat, ChildRole.COW));
+    node.impl.backingChanged?.();
+    return c.node;
+  }
+
   /** Undo of detachEdge inside a transaction. */
   private reattachEdge(c: Child): void {
     c.parent.asNode?.children.push(c);

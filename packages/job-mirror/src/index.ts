@@ -7,6 +7,7 @@ export {
   MAX_IO_BYTES,
   normaliseMirrorOptions,
   validateMirrorOptions,
+  type MirrorBackingMode,
   type MirrorCopyMode,
   type MirrorOptions,
   type MirrorSyncMode,

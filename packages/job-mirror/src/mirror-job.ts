@@ -33,7 +33,7 @@ import {
 } from '@blockgraph/block-core';
 import { insertCopyOnRead } from '@blockgraph/filter-cor';
 import { ChunkPool, InFlightChunks, MirrorOp, type MirrorMethod } from './mirror-op.js';
-import { MAX_IN_FLIGHT, MAX_IO_BYTES, type MirrorCopyMode, type MirrorSyncMode } from './options.js';
+import { MAX_IN_FLIGHT, MAX_IO_BYTES, type MirrorBackingMode, type MirrorCopyMode, type MirrorSyncMode } from './options.js';
 import type { MirrorTopState } from './mirror-top.js';
 
 const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
@@ -67,6 +67,7 @@ export interface MirrorJobParams {
   /** sync=full into a target that reads as zeroes already (target-is-zero): zero ranges need no copying. */
   targetIsZero?: boolean;
   replaces?: string;
+  backingMode?: MirrorBackingMode;
   autoFinalize: boolean;
   autoDismiss: boolean;
   txn?: JobTxn;
@@ -87,6 +88,7 @@ export class MirrorJob extends Job {
   private readonly zeroTarget: boolean;
   private readonly skipZeroes: boolean;
   private readonly replaces: string | undefined;
+  private readonly backingMode: MirrorBackingMode;
   private toReplace: BlockNode | undefined;
 
   /** Chunks the target lacks; marked by the mirror node for writes it does not copy (never by the pipeline). */
@@ -138,6 +140,7 @@ export class MirrorJob extends Job {
     this.zeroTarget = p.zeroTarget;
     this.skipZeroes = p.sync === 'full' && (p.targetIsZero ?? false);
     this.replaces = p.replaces;
+    this.backingMode = p.backingMode ?? 'leave';
     this.maxIoBytes = Math.max(Math.floor(p.bufSize / MAX_IN_FLIGHT), MAX_IO_BYTES);
     // sync=top copies only what the top layer has; full looks at the whole chain.
     this.baseOverlay = p.sync === 'top' ? p.source.skipFilters() : undefined;
@@ -870,6 +873,18 @@ export class MirrorJob extends Job {
     await this.exitCommon(true);
   }
 
+  /** MIRROR_SOURCE_BACKING_CHAIN / MIRROR_OPEN_BACKING_CHAIN in mirror_exit_common(). */
+  private async setTargetBacking(): Promise<void> {
+    const target = this.target.skipFilters();
+    if (this.backingMode === 'source') {
+      // bdrv_backing_chain_next() of the source for sync=top (mirror_start()'s base); the source for sync=none.
+      const backing = this.sync === 'none' ? this.source : this.sync === 'top' ? (this.source.skipFilters().backing?.node.skipFilters() ?? null) : null;
+      if ((target.backing?.node ?? null) !== backing) await this.graph.setBacking(target, backing);
+    } else {
+      await this.graph.openBackingFile(target);
+    }
+  }
+
   /** mirror_exit_common(): take the mirror (and copy-on-read) node out; pivot on success when completing. */
   private async exitCommon(aborting: boolean): Promise<void> {
     if (this.exited) return;
@@ -886,6 +901,17 @@ export class MirrorJob extends Job {
       this.state.job = null;
       this.refreshMirrorTopPerms();
       this.releaseEdges();
+      // drive-mirror's backing modes: the target's backing file is set before it takes the source's place. The
+      // mirror node no longer holds WRITE on the source (state.stop), so the source can become a backing file.
+      // A failure fails the job, but the pivot goes ahead (as mirror_exit_common() does).
+      let backingError: unknown = null;
+      if (!aborting && this.backingMode !== 'leave') {
+        try {
+          await this.setTargetBacking();
+        } catch (e) {
+          backingError = e;
+        }
+      }
       // A failed pivot fails the job, but the mirror node leaves the graph all the same (mirror_exit_common()
       // goes on to bdrv_replace_node(mirror_top_bs, ...) after a failed replace).
       let pivotError: unknown = null;
@@ -899,6 +925,7 @@ export class MirrorJob extends Job {
         }
       }
       await graph.removeFilter(this.mirrorTop);
+      if (backingError) throw backingError;
       if (pivotError) throw pivotError;
     } finally {
       if (this.drainedSource) {

@@ -2,6 +2,15 @@ import { BlockError, type OnError } from '@blockgraph/block-core';
 
 export type MirrorSyncMode = 'full' | 'top' | 'none';
 export type MirrorCopyMode = 'background' | 'write-blocking' | 'read-write-blocking';
+/**
+ * What becomes of the target's backing file when the job completes (block/mirror.c's BlockMirrorBackingMode):
+ * - 'leave' (blockdev-mirror; the default): the target keeps the backing file it has;
+ * - 'source' (drive-mirror into a new image): the target's backing file becomes the source's backing node for
+ *   sync=top, the source itself for sync=none, none for sync=full;
+ * - 'open' (drive-mirror mode=existing: the target is opened without its backing file): the backing file named in
+ *   the target's header is opened and attached — it may have been created while the job ran.
+ */
+export type MirrorBackingMode = 'leave' | 'source' | 'open';
 
 /** blockdev-mirror's arguments, camelCase (QEMU's kebab-case names are accepted by `normaliseMirrorOptions`). */
 export interface MirrorOptions {
@@ -31,6 +40,8 @@ export interface MirrorOptions {
   unmap?: boolean;
   /** The target reads as zeroes already: skip zeroing it (a wrong value corrupts the copy). */
   targetIsZero?: boolean;
+  /** drive-mirror's handling of the target's backing file at completion (see MirrorBackingMode). */
+  backingMode?: MirrorBackingMode;
 }
 
 /** QEMU's constants (block/mirror.c). */
@@ -82,4 +93,7 @@ export function validateMirrorOptions(o: MirrorOptions): void {
     if (g & (g - 1)) throw new BlockError('EINVAL', "Parameter 'granularity' expects a power of 2");
   }
   if (o.bufSize !== undefined && (!Number.isSafeInteger(o.bufSize) || o.bufSize < 0)) invalid('buf-size');
+  if (o.backingMode !== undefined && !['leave', 'source', 'open'].includes(o.backingMode)) {
+    throw new BlockError('EINVAL', `Parameter 'backing-mode' does not accept value '${String(o.backingMode)}'`);
+  }
 }

@@ -91,6 +91,7 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
         unmap: o.unmap ?? true,
         zeroTarget: sync === 'full' && !o.targetIsZero,
         targetIsZero: o.targetIsZero ?? false,
+        backingMode: o.backingMode ?? 'leave',
         replaces: o.replaces,
         autoFinalize: o.autoFinalize ?? true,
         autoDismiss: o.autoDismiss ?? true,

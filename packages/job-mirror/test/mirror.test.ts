@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { BlockError, isAllocated } from '@blockgraph/block-core';
+import { BlockError, Graph, isAllocated, PERM_ALL, type BlockBackend } from '@blockgraph/block-core';
+import { testDrivers } from '../../block-core/test/drivers.js';
 import { startMirror } from '../src/index.js';
 import { firstDiff, R, setup, statusSequence, W, WU } from './helpers.js';
 
@@ -239,3 +240,84 @@ describe('mirror: errors', () => {
 });
 
 export { R, W };
+
+describe('mirror: drive-mirror backing modes', () => {
+  const CL = 4096;
+  const SIZE = 64 * CL;
+
+  /** base (test-mem, 1s) ← src (test-cow, 2s in its second half); the target a test-cow without a backing file. */
+  async function chain() {
+    const g = new Graph({ drivers: testDrivers });
+    await g.addNode({ driver: 'test-mem', nodeName: 'base', size: SIZE });
+    const b = g.backend('base', { perm: R | W, shared: PERM_ALL });
+    await b.pwrite(0, new Uint8Array(SIZE).fill(1));
+    b.remove();
+    await g.addNode({ driver: 'test-mem', nodeName: 'srcfile', size: SIZE });
+    await g.addNode({ driver: 'test-cow', nodeName: 'src', file: 'srcfile', backing: 'base', size: SIZE, clusterSize: CL });
+    await g.addNode({ driver: 'test-mem', nodeName: 'tgtfile', size: SIZE });
+    const target = await g.addNode({ driver: 'test-cow', nodeName: 'tgt', file: 'tgtfile', backing: null, size: SIZE, clusterSize: CL });
+    const guest = g.backend('src', { name: 'guest', perm: R | W, shared: R | WU });
+    await guest.pwrite(SIZE / 2, new Uint8Array(SIZE / 2).fill(2));
+    return { g, guest, target };
+  }
+
+  const expectContent = async (be: BlockBackend): Promise<void> => {
+    const d = await be.read(0, SIZE);
+    expect(d.subarray(0, SIZE / 2).every((v) => v === 1)).toBe(true);
+    expect(d.subarray(SIZE / 2).every((v) => v === 2)).toBe(true);
+  };
+
+  for (const [sync, backing] of [
+    ['top', 'base'],
+    ['none', 'src'],
+    ['full', undefined],
+  ] as const) {
+    it(`'source' with sync=${sync}: the target's backing file becomes ${backing ?? 'nothing'} before the pivot`, async () => {
+      const { g, guest, target } = await chain();
+      const job = await startMirror(g, { jobId: 'job0', device: 'src', target: 'tgt', sync, backingMode: 'source' });
+      await job.waitFor('ready');
+      await guest.pwrite(0, new Uint8Array(CL).fill(3));
+      job.complete();
+      await job.waitFinished();
+      expect(job.query().error).toBeUndefined();
+      expect(guest.root!.node).toBe(target);
+      expect(target.backing?.node.nodeName).toBe(backing);
+      const d = await guest.read(0, CL);
+      expect(d.every((v) => v === 3)).toBe(true);
+      await guest.pwrite(0, new Uint8Array(CL).fill(1));
+      await expectContent(guest);
+    });
+  }
+
+  it("'leave' (the default) keeps the target's backing file; a cancelled job sets none", async () => {
+    const { g, guest, target } = await chain();
+    const job = await startMirror(g, { jobId: 'job0', device: 'src', target: 'tgt', sync: 'top' });
+    await job.waitFor('ready');
+    job.complete();
+    await job.waitFinished();
+    expect(guest.root!.node).toBe(target);
+    expect(target.backing).toBeUndefined();
+
+    const c = await chain();
+    const job2 = await startMirror(c.g, { jobId: 'job1', device: 'src', target: 'tgt', sync: 'top', backingMode: 'source' });
+    job2.cancel(true);
+    await job2.waitFinished();
+    expect(c.guest.root!.node.nodeName).toBe('src');
+    expect(c.target.backing).toBeUndefined();
+  });
+
+  it("'open' opens nothing for a target whose header names no backing file; bad values are refused", async () => {
+    const { g, guest, target } = await chain();
+    await expect(startMirror(g, { device: 'src', target: 'tgt', sync: 'full', 'backing-mode': 'bogus' })).rejects.toThrow(
+      "Parameter 'backing-mode' does not accept value 'bogus'",
+    );
+    const job = await startMirror(g, { jobId: 'job0', device: 'src', target: 'tgt', sync: 'full', backingMode: 'open' });
+    await job.waitFor('ready');
+    job.complete();
+    await job.waitFinished();
+    expect(job.query().error).toBeUndefined();
+    expect(guest.root!.node).toBe(target);
+    expect(target.backing).toBeUndefined();
+    await expectContent(guest);
+  });
+});
