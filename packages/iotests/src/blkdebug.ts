@@ -41,11 +41,11 @@ import {
   type BlockLimits,
   type BlockNode,
   type Child,
-  type DriverCapabilities,
   type IOVector,
   type Options,
   type ReqFlags,
 } from '@blockgraph/block-core';
+import { childCapabilities, childWriteFlags, childZeroFlags } from './child-passthrough.js';
 
 /** QAPI BlkdebugEvent (QEMU 7.2). */
 export const BLKDEBUG_EVENTS = [
@@ -421,7 +421,6 @@ export function findBlkdebug(start: BlockNode | BlockBackend): BlkdebugControlle
   throw new BlockError('ENOTSUP', `No blkdebug node below '${first?.nodeName ?? '?'}'`);
 }
 
-const CHILD_CAPS: (keyof DriverCapabilities)[] = ['storesData', 'zeroWrite', 'discard', 'discardZeroes', 'blockStatus', 'flush', 'resize', 'shrink', 'growOnWrite'];
 
 export const blkdebugDriver: BlockDriver = defineBlockDriver({
   name: 'blkdebug',
@@ -474,16 +473,14 @@ export const blkdebugDriver: BlockDriver = defineBlockDriver({
 
     return {
       getLength: () => file.node.totalBytes,
-      get capabilities(): Partial<DriverCapabilities> {
-        const caps: Partial<DriverCapabilities> = {};
-        for (const k of CHILD_CAPS) caps[k] = file.node.capabilities[k];
-        return caps;
+      get capabilities() {
+        return childCapabilities(file);
       },
       get supportedWriteFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedWriteFlags & ReqFlag.FUA);
+        return childWriteFlags(file);
       },
       get supportedZeroFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedZeroFlags & (ReqFlag.FUA | ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK));
+        return childZeroFlags(file);
       },
       refreshLimits(merged: BlockLimits): Partial<BlockLimits> {
         return {

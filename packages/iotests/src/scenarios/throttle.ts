@@ -11,7 +11,8 @@
  * new requests pass until the drained section ends (QEMU's `throttle_group_restart_tgm()` on drain). This is
  * what lets a job on a heavily throttled node be cancelled quickly (iotest 218). Platform-neutral.
  */
-import { ChildRole, defineBlockDriver, NO_CAPABILITIES, ReqFlag, type BlockDriver, type Child, type DriverCapabilities, type IOVector, type ReqFlags } from '@blockgraph/block-core';
+import { ChildRole, defineBlockDriver, NO_CAPABILITIES, type BlockDriver, type Child, type IOVector, type ReqFlags } from '@blockgraph/block-core';
+import { childCapabilities, childWriteFlags, childZeroFlags } from '../child-passthrough.js';
 
 /** blockdev-add options of a test-throttle node (kebab-case keys are accepted as well). */
 export interface ThrottleOptions {
@@ -32,7 +33,6 @@ type Limit = (typeof LIMITS)[number];
 
 const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
 
-const CHILD_CAPS: (keyof DriverCapabilities)[] = ['storesData', 'zeroWrite', 'discard', 'discardZeroes', 'blockStatus', 'flush', 'resize', 'shrink', 'growOnWrite'];
 
 export const testThrottleDriver: BlockDriver = defineBlockDriver({
   name: 'test-throttle',
@@ -91,16 +91,14 @@ export const testThrottleDriver: BlockDriver = defineBlockDriver({
 
     return {
       getLength: () => file.node.totalBytes,
-      get capabilities(): Partial<DriverCapabilities> {
-        const caps: Partial<DriverCapabilities> = {};
-        for (const k of CHILD_CAPS) caps[k] = file.node.capabilities[k];
-        return caps;
+      get capabilities() {
+        return childCapabilities(file);
       },
       get supportedWriteFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedWriteFlags & ReqFlag.FUA);
+        return childWriteFlags(file);
       },
       get supportedZeroFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedZeroFlags & (ReqFlag.FUA | ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK));
+        return childZeroFlags(file);
       },
       async preadv(offset: number, bytes: number, qiov: IOVector, flags: ReqFlags) {
         await throttle(false, bytes);

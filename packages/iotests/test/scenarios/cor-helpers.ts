@@ -12,13 +12,11 @@ import {
   Graph,
   NO_CAPABILITIES,
   Perm,
-  ReqFlag,
   isAllocated,
   type BlockBackend,
   type BlockNode,
   type BlockDriver,
   type Child,
-  type DriverCapabilities,
   type IOVector,
   type ReqFlags,
 } from '@blockgraph/block-core';
@@ -28,12 +26,12 @@ import { qcow2Driver } from '@blockgraph/driver-qcow2/node';
 import { copyOnReadDriver } from '@blockgraph/filter-cor';
 import { blkdebugDriver, testThrottleDriver, xorshift, type Prng } from '../../src/index.js';
 import { runTool, type ToolResult } from './helpers.js';
+import { childCapabilities, childWriteFlags, childZeroFlags } from '../../src/child-passthrough.js';
 
 export const GiB = 1024 * 1024 * 1024;
 
 // --- test-latency ------------------------------------------------------------------------------------------------
 
-const CHILD_CAPS: (keyof DriverCapabilities)[] = ['storesData', 'zeroWrite', 'discard', 'discardZeroes', 'blockStatus', 'flush', 'resize', 'shrink', 'growOnWrite'];
 
 /** Yield to the event loop `n` times (each a setImmediate turn: pending I/O callbacks run in between). */
 async function turns(n: number): Promise<void> {
@@ -67,16 +65,14 @@ export const testLatencyDriver: BlockDriver = defineBlockDriver({
     };
     return {
       getLength: () => file.node.totalBytes,
-      get capabilities(): Partial<DriverCapabilities> {
-        const caps: Partial<DriverCapabilities> = {};
-        for (const k of CHILD_CAPS) caps[k] = file.node.capabilities[k];
-        return caps;
+      get capabilities() {
+        return childCapabilities(file);
       },
       get supportedWriteFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedWriteFlags & ReqFlag.FUA);
+        return childWriteFlags(file);
       },
       get supportedZeroFlags() {
-        return ReqFlag.WRITE_UNCHANGED | (file.node.supportedZeroFlags & (ReqFlag.FUA | ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK));
+        return childZeroFlags(file);
       },
       preadv: (offset: number, bytes: number, qiov: IOVector, flags: ReqFlags) => around(() => file.preadv(offset, bytes, qiov, flags)),
       pwritev: (offset: number, bytes: number, qiov: IOVector, flags: ReqFlags) => around(() => file.pwritev(offset, bytes, qiov, flags)),

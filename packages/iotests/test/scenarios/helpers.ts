@@ -230,3 +230,22 @@ export function compareImages(a: string, b: string): boolean {
   if (r.status !== 0 && r.status !== 1) throw new Error(`qemu-img compare failed (${r.status}): ${r.stderr}`);
   return r.status === 0;
 }
+
+/** iotests.create_image(): a fully allocated raw image whose sectors hold their own number. */
+export function createImage(path: string, size: number): void {
+  const fd = openSync(path, 'w');
+  try {
+    const buf = new Uint8Array(Math.min(Math.max(size, 512), MiB));
+    const dv = new DataView(buf.buffer);
+    for (let off = 0; off < size; off += buf.length) {
+      const n = Math.min(buf.length, size - off);
+      for (let i = 0; i < n; i += 512) {
+        dv.setInt32(i, (off + i) / 512);
+        dv.setInt32(i + 508, (off + i) / 512);
+      }
+      writeSync(fd, buf, 0, n, off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -43,8 +43,8 @@ import { afterEach, beforeEach, expect, it } from 'vitest';
 import type { BlockBackend, Graph } from '@blockgraph/block-core';
 import { parseBlkdebugConfig } from '../../src/index.js';
 import { startMirror, type MirrorJob } from '@blockgraph/job-mirror';
-import { describeWithTools, device, EventLog, KiB, MiB, scratch, sleep, until, type Scratch } from './helpers.js';
-import { compareQcow2, createImage, imageMap, newQcow2Graph, qemuImg, qemuIo } from './mirror-qcow2-helpers.js';
+import { createImage, describeWithTools, device, EventLog, KiB, MiB, scratch, sleep, until, type Scratch } from './helpers.js';
+import { compareQcow2, imageMap, newQcow2Graph, qemuImg, qemuIo } from './mirror-qcow2-helpers.js';
 
 /** A graph, its events and a scratch directory per test (setUp / tearDown). */
 function vmCase(prefix: string) {

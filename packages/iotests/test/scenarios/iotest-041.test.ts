@@ -44,6 +44,7 @@ import { startMirror, type MirrorJob } from '@blockgraph/job-mirror';
 import { parseBlkdebugConfig } from '../../src/index.js';
 import {
   compareImages,
+  createImage,
   createRaw,
   describeWithTools,
   device,
@@ -58,26 +59,6 @@ import {
   writePattern,
   type Scratch,
 } from './helpers.js';
-import { closeSync, openSync, writeSync } from 'node:fs';
-
-/** iotests.create_image(): a fully allocated image whose sectors hold their own number. */
-function createImage(path: string, size: number): void {
-  const fd = openSync(path, 'w');
-  try {
-    const buf = new Uint8Array(Math.min(Math.max(size, 512), MiB));
-    const dv = new DataView(buf.buffer);
-    for (let off = 0; off < size; off += buf.length) {
-      const n = Math.min(buf.length, size - off);
-      for (let i = 0; i < n; i += 512) {
-        dv.setInt32(i, (off + i) / 512);
-        dv.setInt32(i + 508, (off + i) / 512);
-      }
-      writeSync(fd, buf, 0, n, off);
-    }
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function errorOf(fn: () => unknown): BlockError {
   try {

@@ -3,14 +3,13 @@
  * has the qcow2 driver, and thin wrappers around QEMU 7.2's qemu-img and qemu-io, which create the images the
  * ports start from and check the images they leave behind (as the QEMU tests do with the same tools).
  */
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { expect } from 'vitest';
 import { Graph, type BlockBackend, type BlockNode, type Job } from '@blockgraph/block-core';
 import { allRawDrivers } from '@blockgraph/driver-raw/file';
 import { qcow2Driver } from '@blockgraph/driver-qcow2/node';
 import { copyOnReadDriver } from '@blockgraph/filter-cor';
 import { blkdebugDriver, testThrottleDriver } from '../../src/index.js';
-import { MiB, readNode, runTool, type EventLog } from './helpers.js';
+import { readNode, runTool, type EventLog } from './helpers.js';
 
 export function newQcow2Graph(): Graph {
   return new Graph({ drivers: [...allRawDrivers, qcow2Driver, blkdebugDriver, testThrottleDriver, copyOnReadDriver] });
@@ -80,25 +79,6 @@ export function backingChain(node: BlockNode): (string | undefined)[] {
   const out: (string | undefined)[] = [];
   for (let n: BlockNode | undefined = node; n; n = n.backing?.node) out.push(n.filename);
   return out;
-}
-
-/** iotests.create_image(): a fully allocated raw image whose sectors hold their own number. */
-export function createImage(path: string, size: number): void {
-  const fd = openSync(path, 'w');
-  try {
-    const buf = new Uint8Array(Math.min(Math.max(size, 512), MiB));
-    const dv = new DataView(buf.buffer);
-    for (let off = 0; off < size; off += buf.length) {
-      const n = Math.min(buf.length, size - off);
-      for (let i = 0; i < n; i += 512) {
-        dv.setInt32(i, (off + i) / 512);
-        dv.setInt32(i + 508, (off + i) / 512);
-      }
-      writeSync(fd, buf, 0, n, off);
-    }
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /**

@@ -1,0 +1,23 @@
+/**
+ * What a pass-through test filter (blkdebug, test-throttle, test-latency) reports about itself is what its `file`
+ * child reports: the filter must not hide or invent a capability, or the conformance suite and the scenarios
+ * would test the filter instead of the node below it. Read per call, because the child may change (reopen).
+ */
+import { ReqFlag, type Child, type DriverCapabilities, type ReqFlags } from '@blockgraph/block-core';
+
+const CHILD_CAPS: (keyof DriverCapabilities)[] = ['storesData', 'zeroWrite', 'discard', 'discardZeroes', 'blockStatus', 'flush', 'resize', 'shrink', 'growOnWrite'];
+
+export function childCapabilities(file: Child): Partial<DriverCapabilities> {
+  const caps: Partial<DriverCapabilities> = {};
+  for (const k of CHILD_CAPS) caps[k] = file.node.capabilities[k];
+  return caps;
+}
+
+/** WRITE_UNCHANGED always (a filter forwards it as a plain write); FUA when the child has it. */
+export function childWriteFlags(file: Child): ReqFlags {
+  return ReqFlag.WRITE_UNCHANGED | (file.node.supportedWriteFlags & ReqFlag.FUA);
+}
+
+export function childZeroFlags(file: Child): ReqFlags {
+  return ReqFlag.WRITE_UNCHANGED | (file.node.supportedZeroFlags & (ReqFlag.FUA | ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK));
+}
