@@ -12,6 +12,8 @@ function must(cmd, args) {
 
 const MiB = 1024 * 1024;
 
+export { must };
+
 export const FIXTURES = {
   /** 256 MiB raw, every byte written (no holes). */
   DATA256: {
@@ -28,13 +30,64 @@ export const FIXTURES = {
     describe: '1 GiB raw image: 2 MiB data extents alternating with 2 MiB holes (half data, half holes)',
     build(path) {
       must('qemu-img', ['create', '-q', '-f', 'raw', path, '1G']);
-      const cmds = [];
-      for (let off = 0; off < 1024 * MiB; off += 4 * MiB) cmds.push('-c', `write -q -P ${(off / (4 * MiB)) % 250 + 1} ${off} 2M`);
       // The first 4 KiB hole block that qemu-img create allocates is overwritten by the first extent.
-      for (let i = 0; i < cmds.length; i += 128) must('qemu-io', ['-f', 'raw', ...cmds.slice(i, i + 128), path]);
+      writeHalf('raw', path);
     },
   },
 };
+
+/** 1 GiB of 2 MiB data extents alternating with 2 MiB holes, as qemu-io commands (HALF1G and QHALF1G). */
+function writeHalf(fmt, path) {
+  const cmds = [];
+  for (let off = 0; off < 1024 * MiB; off += 4 * MiB) cmds.push('-c', `write -q -P ${(off / (4 * MiB)) % 250 + 1} ${off} 2M`);
+  for (let i = 0; i < cmds.length; i += 128) must('qemu-io', ['-f', fmt, ...cmds.slice(i, i + 128), path]);
+}
+
+Object.assign(FIXTURES, {
+  /** 1 GiB qcow2 (64 KiB clusters), every cluster written (allocated, contiguous in the file). */
+  Q1G: {
+    file: 'q1g.qcow2',
+    describe: '1 GiB qcow2 image (64 KiB clusters), fully written (pattern 0x5a), clusters in guest order',
+    build(path) {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', path, '1G']);
+      must('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 0x5a 0 1G', path]);
+    },
+  },
+  /** 1 GiB qcow2: 2 MiB of data, 2 MiB unallocated, repeated (512 MiB data, 512 MiB unallocated). */
+  QHALF1G: {
+    file: 'qhalf1g.qcow2',
+    describe: '1 GiB qcow2 image (64 KiB clusters): 2 MiB data extents alternating with 2 MiB unallocated (half data, half unallocated)',
+    build(path) {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', path, '1G']);
+      writeHalf('qcow2', path);
+    },
+  },
+});
+
+Object.assign(FIXTURES, {
+  /**
+   * 100 GiB sparse qcow2: one 64 KiB cluster written every 256 MiB (400 clusters, 25 MiB of data), so that
+   * every one of its 200 L2 tables exists and random reads over the whole disk walk all of them.
+   */
+  QSPARSE100G: {
+    file: 'qsparse100g.qcow2',
+    describe: '100 GiB sparse qcow2 image (64 KiB clusters): one 64 KiB cluster of data every 256 MiB (every L2 table allocated)',
+    build(path) {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', path, '100G']);
+      const cmds = [];
+      for (let off = 0; off < 100 * 1024 * MiB; off += 256 * MiB) cmds.push('-c', `write -q -P 0x6b ${off} 64k`);
+      for (let i = 0; i < cmds.length; i += 256) must('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 256), path]);
+    },
+  },
+  /** 1 GiB empty qcow2: the same request loop with (almost) nothing to cache, for the fixed memory overhead. */
+  QEMPTY1G: {
+    file: 'qempty1g.qcow2',
+    describe: '1 GiB empty qcow2 image (64 KiB clusters, nothing allocated)',
+    build(path) {
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', path, '1G']);
+    },
+  },
+});
 
 export function buildFixtures(names, dir, log) {
   const paths = {};

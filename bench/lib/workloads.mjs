@@ -11,11 +11,19 @@
  *   metric    'reported': the run time the tool prints ("Run completed in N seconds.", qemu-img bench);
  *             'wall': wall-clock time of the whole process
  *   before    optional: paths ($OUT) to delete before every run
+ *   prepare   optional: commands ([program, ...args]) run untimed before every run, after `before` (a fresh
+ *             empty image for allocating writes)
+ *   settle    optional: run `sync` (untimed) before every run, so that dirty pages left by the previous run
+ *             (QEMU's or ours) are not written back during, and do not throttle, this one
  *   target    optional: the speed the issue asks for, as QEMU's time / ours (0.9 = "at least 0.9x QEMU's
  *             throughput"; "at most 1.2x QEMU's time" = 1/1.2)
+ *   targetNote optional: how the issue words the target, when it is not a speed
  */
 const BENCH_4K = ['-f', 'raw', '-t', 'writeback', '-c', '65536', '-d', '32', '-s', '4k'];
 const BENCH_1M = ['-f', 'raw', '-t', 'writeback', '-c', '1024', '-d', '4', '-s', '1M'];
+const Q_WB = ['-f', 'qcow2', '-t', 'writeback'];
+/** A fresh, empty 8 GiB qcow2 image at $OUT before every run (allocating writes). */
+const FRESH_QCOW2 = [['qemu-img', 'create', '-q', '-f', 'qcow2', '$OUT', '8G']];
 
 export const WORKLOADS = [
   {
@@ -29,11 +37,13 @@ export const WORKLOADS = [
   },
   {
     id: 'bench-4k-write-qd32',
+    target: 0.9,
     title: 'qemu-img bench -w: 4 KiB writes, 32 in flight, sequential over 256 MiB (page cache)',
     fixtures: ['DATA256'],
     qemu: ['qemu-img', 'bench', '-w', ...BENCH_4K, '$DATA256'],
     ours: ['bench', '-w', ...BENCH_4K, '$DATA256'],
     metric: 'reported',
+    settle: true,
   },
   {
     id: 'bench-1m-read',
@@ -52,15 +62,19 @@ export const WORKLOADS = [
     qemu: ['qemu-img', 'bench', '-w', ...BENCH_1M, '$DATA256'],
     ours: ['bench', '-w', ...BENCH_1M, '$DATA256'],
     metric: 'reported',
+    settle: true,
   },
   {
     id: 'convert-raw-1g-half',
+    target: 1 / 1.2,
+    targetNote: 'time ≤ 1.2× QEMU, as for qcow2',
     title: 'qemu-img convert raw → raw of a 1 GiB image, half data (2 MiB extents) and half holes',
     fixtures: ['HALF1G'],
     qemu: ['qemu-img', 'convert', '-f', 'raw', '-O', 'raw', '$HALF1G', '$OUT'],
     ours: ['convert', '-f', 'raw', '-O', 'raw', '$HALF1G', '$OUT'],
     metric: 'wall',
     before: ['$OUT'],
+    settle: true,
   },
   {
     id: 'mirror-raw-1g-half',
@@ -71,5 +85,135 @@ export const WORKLOADS = [
     ours: ['mirror', '-f', 'raw', '$HALF1G', '$OUT'],
     metric: 'reported',
     before: ['$OUT'],
+    settle: true,
+  },
+  // --- qcow2 (driver-qcow2) ---------------------------------------------------------------------------------
+  {
+    id: 'qcow2-4k-alloc-write-qd32',
+    target: 0.6,
+    title: 'qemu-img bench -w on qcow2: 4 KiB allocating writes, 32 in flight, step 64 KiB (every write allocates a cluster), 32768 requests into a fresh empty 8 GiB image',
+    fixtures: [],
+    prepare: FRESH_QCOW2,
+    qemu: ['qemu-img', 'bench', '-w', ...Q_WB, '-c', '32768', '-d', '32', '-s', '4k', '-S', '64k', '$OUT'],
+    ours: ['bench', '-w', ...Q_WB, '-c', '32768', '-d', '32', '-s', '4k', '-S', '64k', '$OUT'],
+    metric: 'reported',
+    before: ['$OUT'],
+    settle: true,
+  },
+  {
+    id: 'qcow2-4k-read-qd32',
+    target: 0.6,
+    title: 'qemu-img bench on qcow2: 4 KiB reads, 32 in flight, sequential, 200000 requests over a fully allocated 1 GiB image (page cache warm)',
+    fixtures: ['Q1G'],
+    qemu: ['qemu-img', 'bench', ...Q_WB, '-c', '200000', '-d', '32', '-s', '4k', '$Q1G'],
+    ours: ['bench', ...Q_WB, '-c', '200000', '-d', '32', '-s', '4k', '$Q1G'],
+    metric: 'reported',
+  },
+  {
+    id: 'qcow2-1m-read',
+    target: 0.9,
+    title: 'qemu-img bench on qcow2: 1 MiB sequential reads, 4 in flight, 4096 requests (4 passes over a fully allocated 1 GiB image; page cache warm)',
+    fixtures: ['Q1G'],
+    qemu: ['qemu-img', 'bench', ...Q_WB, '-c', '4096', '-d', '4', '-s', '1M', '$Q1G'],
+    ours: ['bench', ...Q_WB, '-c', '4096', '-d', '4', '-s', '1M', '$Q1G'],
+    metric: 'reported',
+  },
+  {
+    id: 'qcow2-1m-write',
+    target: 0.9,
+    title: 'qemu-img bench -w on qcow2: 1 MiB sequential allocating writes, 4 in flight, 1024 requests (1 GiB) into a fresh empty 8 GiB image (page cache)',
+    fixtures: [],
+    prepare: FRESH_QCOW2,
+    qemu: ['qemu-img', 'bench', '-w', ...Q_WB, '-c', '1024', '-d', '4', '-s', '1M', '$OUT'],
+    ours: ['bench', '-w', ...Q_WB, '-c', '1024', '-d', '4', '-s', '1M', '$OUT'],
+    metric: 'reported',
+    before: ['$OUT'],
+    settle: true,
+  },
+  {
+    id: 'convert-qcow2-1g-half',
+    target: 1 / 1.2,
+    targetNote: 'time ≤ 1.2× QEMU',
+    title: 'qemu-img convert qcow2 → qcow2 of a 1 GiB image, half data (2 MiB extents) and half unallocated (whole process, start-up included)',
+    fixtures: ['QHALF1G'],
+    qemu: ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '$QHALF1G', '$OUT'],
+    ours: ['convert', '-f', 'qcow2', '-O', 'qcow2', '$QHALF1G', '$OUT'],
+    metric: 'wall',
+    before: ['$OUT'],
+    settle: true,
+  },
+  {
+    id: 'mirror-qcow2-1g-half',
+    target: 1.0,
+    targetNote: 'time ≤ QEMU',
+    title:
+      'background mirror of a 1 GiB qcow2 image (half data in 2 MiB extents, half unallocated) to a new qcow2 image: `blockgraph mirror` against qemu-storage-daemon blockdev-mirror over QMP (time from starting the job to completion)',
+    fixtures: ['QHALF1G'],
+    qemu: ['node', 'bench/lib/qsd-mirror.mjs', '-f', 'qcow2', '-O', 'qcow2', '$QHALF1G', '$OUT'],
+    ours: ['mirror', '-f', 'qcow2', '-O', 'qcow2', '$QHALF1G', '$OUT'],
+    metric: 'reported',
+    before: ['$OUT'],
+    settle: true,
+  },
+];
+
+// --- memory: peak RSS of random reads over a 100 GiB sparse qcow2 image --------------------------------------
+
+const GiB = 1024 ** 3;
+/** Offset step of the random reads: 104729 (a prime) 4 KiB blocks, ~409 MiB; every read lands in another L2 table. */
+const SCATTER = String(104729 * 4096);
+const RANDOM_READS = ['-c', '100000', '-d', '32', '-s', '4k', '-S', SCATTER];
+
+/**
+ * qcow2 metadata cache sizes for a disk of `virtualSize` bytes with 64 KiB clusters, as QEMU's and our
+ * read_cache_sizes() choose them: L2 = min(l2-cache-size, what covers the whole disk), default limit 32 MiB;
+ * refcount = 4 clusters.
+ */
+export function qcow2CacheBytes(virtualSize, l2Limit = 32 * 1024 * 1024) {
+  const cs = 65536;
+  const wholeDisk = Math.ceil((Math.ceil(virtualSize / cs) * 8) / cs) * cs;
+  return Math.min(wholeDisk, l2Limit) + 4 * cs;
+}
+
+/** `bench --image-opts` on the 100 GiB sparse image with the given L2 cache size (both tools take the same). */
+const sparseOpts = (l2) => ['--image-opts', `driver=qcow2,file.driver=file,file.filename=$QSPARSE100G,l2-cache-size=${l2}`];
+
+/**
+ * Memory workloads: `metric: 'maxrss'`, the peak resident set size of the whole process (GNU time's %M).
+ *
+ * `baseline` is blockgraph's fixed overhead for the same request stream: the same command on the same image with
+ * the L2 cache cut to 16 KiB (4 slices), so that every read still misses, loads a slice and does the same I/O --
+ * what remains is Node.js, the code, the request buffers and the garbage-collector headroom of that request rate
+ * (V8 grows its young generation when many objects survive, as they do with requests in flight), none of which
+ * depends on the disk size. The budget is baseline + the configured metadata caches (`cacheBytes`) + `slackBytes`
+ * (run-to-run variation of the RSS). `reference` (reported only): the same command on an empty 1 GiB image, where
+ * nothing is ever read from the file (Node.js and code alone).
+ */
+export const MEMORY_WORKLOADS = [
+  {
+    id: 'qcow2-100g-random-read-rss',
+    title: 'qemu-img bench on a 100 GiB sparse qcow2: 100000 random 4 KiB reads (step 104729 blocks), 32 in flight, default caches (the L2 cache covers the whole disk: 12.5 MiB)',
+    fixtures: ['QSPARSE100G', 'QEMPTY1G'],
+    qemu: ['qemu-img', 'bench', ...Q_WB, ...RANDOM_READS, '$QSPARSE100G'],
+    ours: ['bench', ...Q_WB, ...RANDOM_READS, '$QSPARSE100G'],
+    baseline: ['bench', '-t', 'writeback', ...RANDOM_READS, ...sparseOpts('16K')],
+    reference: ['bench', ...Q_WB, ...RANDOM_READS, '$QEMPTY1G'],
+    cacheBytes: qcow2CacheBytes(100 * GiB),
+    cacheNote: 'L2 12.5 MiB + refcount 256 KiB',
+    slackBytes: 4 * 1024 * 1024,
+    metric: 'maxrss',
+  },
+  {
+    id: 'qcow2-100g-random-read-rss-l2-1m',
+    title: 'the same with l2-cache-size=1M (4 KiB L2 slices; the cache covers 8 of the 100 GiB and evicts constantly)',
+    fixtures: ['QSPARSE100G', 'QEMPTY1G'],
+    qemu: ['qemu-img', 'bench', '-t', 'writeback', ...RANDOM_READS, ...sparseOpts('1M')],
+    ours: ['bench', '-t', 'writeback', ...RANDOM_READS, ...sparseOpts('1M')],
+    baseline: ['bench', '-t', 'writeback', ...RANDOM_READS, ...sparseOpts('16K')],
+    reference: ['bench', ...Q_WB, ...RANDOM_READS, '$QEMPTY1G'],
+    cacheBytes: qcow2CacheBytes(100 * GiB, 1024 * 1024),
+    cacheNote: 'L2 1 MiB + refcount 256 KiB',
+    slackBytes: 4 * 1024 * 1024,
+    metric: 'maxrss',
   },
 ];
