@@ -1,4 +1,5 @@
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { Buffer } from 'node:buffer';
 import { join } from 'node:path';
 import { BlockStatus, IOVector, Perm, ReqFlag } from '@blockgraph/block-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -154,6 +155,35 @@ describe('file: data path', () => {
     expect(a.subarray(0, 2096).every((x) => x === 0x77)).toBe(true);
     expect(a.subarray(2096).every((x) => x === 0)).toBe(true);
     expect(b.every((x) => x === 0)).toBe(true);
+  });
+
+  it('big reads into plain (unaligned) memory bounce: scattered, across the bounce chunk size, and past EOF', async () => {
+    const p = path();
+    const size = 12 * MiB;
+    const { be, file } = await openRaw(p, { size });
+    // A different byte in every 64 KiB block, so that a misplaced copy shows.
+    const data = new Uint8Array(size);
+    for (let off = 0; off < size; off += 64 * KiB) data.fill((off / (64 * KiB)) % 251 + 1, off, off + 64 * KiB);
+    await be.pwrite(0, data);
+    // One plain buffer, bigger than the bounce chunk (4 MiB), at an odd offset.
+    const one = new Uint8Array(9 * MiB + 333);
+    await be.preadv(777, one.byteLength, IOVector.of(one));
+    expect(Buffer.compare(one, data.subarray(777, 777 + one.byteLength))).toBe(0);
+    // Several plain buffers of odd sizes, one of them empty, one an aligned buffer (the vector still bounces).
+    const parts = [new Uint8Array(5000), new Uint8Array(0), allocAlignedBuffer(MiB), new Uint8Array(5 * MiB + 17)];
+    const total = parts.reduce((n, b) => n + b.byteLength, 0);
+    await be.preadv(123, total, new IOVector(parts));
+    expect(Buffer.compare(Buffer.concat(parts), data.subarray(123, 123 + total))).toBe(0);
+    // An aligned buffer does not bounce and reads the same.
+    const al = allocAlignedBuffer(2 * MiB);
+    await be.preadv(MiB, 2 * MiB, IOVector.of(al));
+    expect(Buffer.compare(al, data.subarray(MiB, 3 * MiB))).toBe(0);
+    // The file shrinks behind our back: what lies past its end reads as zeroes, through the bounce path too.
+    truncateSync(p, 3 * MiB + 100);
+    const tail = new Uint8Array(6 * MiB).fill(0xee);
+    await file.impl.preadv!(MiB, 6 * MiB, IOVector.of(tail), 0);
+    expect(Buffer.compare(tail.subarray(0, 2 * MiB + 100), data.subarray(MiB, 3 * MiB + 100))).toBe(0);
+    expect(tail.subarray(2 * MiB + 100).every((x) => x === 0)).toBe(true);
   });
 
   it('grows on writes past the end', async () => {

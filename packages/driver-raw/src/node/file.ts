@@ -49,7 +49,15 @@ import {
   errnoName,
 } from './fs-io.js';
 import { loadNative, type NativeHelper } from './native.js';
-import { BouncePool, DIRECT_MAX_TRANSFER, directPreadv, directPwritev, probeDirectAlignment } from './direct-io.js';
+import {
+  BouncePool,
+  bouncedPreadv,
+  bufferedBounceNeeded,
+  DIRECT_MAX_TRANSFER,
+  directPreadv,
+  directPwritev,
+  probeDirectAlignment,
+} from './direct-io.js';
 import { rawDrivers } from '../index.js';
 
 export * from '../index.js';
@@ -179,6 +187,9 @@ class FileInstance implements BlockDriverInstance {
       if (n === bytes) return Promise.resolve();
       if (n === -2) this.noWait = false;
     }
+    // Big reads into memory we do not know to be aligned (a plain `new Uint8Array()` of this size sits 16 bytes
+    // past a page boundary) go through an aligned bounce buffer: see bufferedBounceNeeded().
+    if (bytes > NOWAIT_MAX_BYTES && bufferedBounceNeeded(iov)) return bouncedPreadv(this.fd, iov, bytes, offset);
     return iov.length === 1 ? preadFull(this.fd, iov[0]!, offset) : preadvFull(this.fd, iov, bytes, offset);
   }
 
