@@ -3,7 +3,7 @@
  * --size N or to hold an existing image's contents. raw is measured here (its answer is the virtual size,
  * rounded up to 512); other formats answer through an optional `measure()` on their driver.
  */
-import type { BlockDriver, BlockNode, Graph, Options } from '@blockgraph/block-core';
+import type { BlockNode, MeasureResult, Options } from '@blockgraph/block-core';
 import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, OUTPUT, parseArgs, parseOutputFormat } from '../lib/args.js';
 import { CliError, oneLine, type Ctx } from '../lib/context.js';
 import { createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';
@@ -11,17 +11,6 @@ import { errMessage, openImage, withGraph } from '../lib/open.js';
 import { toQemuJsonPretty } from '../lib/qjson.js';
 import { isValidOptionList } from '../lib/qemu-opts.js';
 import { formatDriver } from './convert.js';
-
-export interface MeasureInfo {
-  required: number;
-  fullyAllocated: number;
-  bitmaps?: number;
-}
-
-/** What a driver may offer for `measure` (bdrv_measure). */
-type Measurable = BlockDriver & {
-  measure?(graph: Graph, options: Options, source: BlockNode | undefined): Promise<MeasureInfo> | MeasureInfo;
-};
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const { options, operands } = parseArgs(argv, ':hf:O:o:l:U', [
@@ -64,7 +53,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       source = img.top;
       if (snapshot !== undefined) throw new CliError('Failed to load snapshot: loading internal snapshots is not supported');
     }
-    const drv = formatDriver(graph, outFmt) as Measurable;
+    const drv = formatDriver(graph, outFmt);
     if (!drv.createOptions || !drv.create) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
     const allowed = [...createOptionList(drv).map(([k]) => k), ...createOptionList(graph.registry.get('file')).map(([k]) => k)];
     let entries;
@@ -76,13 +65,13 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     }
     const createOpts: Options = entriesToOptions(entries);
     if (imgSize !== -1) createOpts.size = imgSize;
-    let info: MeasureInfo;
+    let info: MeasureResult;
     if (drv.name === 'raw') {
       const size = source ? source.totalBytes : Math.ceil(Number(createOpts.size ?? 0) / 512) * 512;
       info = { required: size, fullyAllocated: size };
     } else if (drv.measure) {
       try {
-        info = await drv.measure(graph, createOpts, source);
+        info = await drv.measure(createOpts, source);
       } catch (e) {
         throw new CliError(oneLine(errMessage(e)));
       }

@@ -44,8 +44,11 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
     let newIndex = 0;
     let newTableIndex = 0;
     let empty = true;
+    // `fill` starts zeroed and is zeroed again after each block, so zero refcounts are never written into
+    // it (the unallocated tail of the table is most of a large image: billions of entries otherwise).
     const finish = async (): Promise<void> => {
       await op(newTableIndex, fill, empty);
+      fill?.fill(0);
       newTableIndex++;
       newIndex = 0;
       empty = true;
@@ -71,7 +74,7 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
                 `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${offset ? hex(offset) : '0'} has a refcount of ${rc}`,
               );
             }
-            if (fill) setRefcountEntry(fill, newIndex, newOrder, rc);
+            if (fill && rc !== 0) setRefcountEntry(fill, newIndex, newOrder, rc);
             newIndex++;
             if (rc !== 0) empty = false;
           }
@@ -83,16 +86,12 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
           if (newIndex >= newBlockEntries) await finish();
           // A run of zero refcounts up to the end of this old block or of the new one.
           const n = Math.min(entries - j, newBlockEntries - newIndex);
-          if (fill) for (let k = 0; k < n; k++) setRefcountEntry(fill, newIndex + k, newOrder, 0);
           newIndex += n;
           j += n;
         }
       }
     }
-    if (newIndex > 0) {
-      if (fill) for (; newIndex < newBlockEntries; newIndex++) setRefcountEntry(fill, newIndex, newOrder, 0);
-      await finish();
-    }
+    if (newIndex > 0) await finish();
     progress?.((index + 1) * s.reftable.length, total * s.reftable.length);
   };
 

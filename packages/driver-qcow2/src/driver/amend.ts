@@ -432,7 +432,11 @@ async function expandInL1(s: Qcow2State, l1: DataView, l1Size: number, active: b
             if (plain) await freeClusters(s, offset, cs, DiscardType.ALWAYS);
             throw e;
           }
-          v.setUint32(j * esz, (l2Refcount === 1 ? OFLAG_COPIED_HI : 0) + Math.floor(offset / TWO32));
+          // COPIED only when both the L2 table and the cluster are referenced once. QEMU 7.2 looks at the L2
+          // table alone, so a preallocated zero cluster shared with a snapshot comes out COPIED with refcount 2
+          // (qemu-img check: "ERROR OFLAG_COPIED data cluster"), and a later write would change the snapshot.
+          const copied = l2Refcount === 1 && (plain || (await getRefcount(s, offset / cs)) === 1);
+          v.setUint32(j * esz, (copied ? OFLAG_COPIED_HI : 0) + Math.floor(offset / TWO32));
           v.setUint32(j * esz + 4, offset >>> 0);
           dirty = true;
         }
