@@ -6,7 +6,7 @@
  * at the end both files must be byte-identical except for the snapshot dates (the clock differs), which also
  * proves the refcounts, COPIED flags, L1 copies and freed clusters equal QEMU's.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -72,7 +72,9 @@ type Step =
   /** `qemu-img ARGS` (image last) on both copies: QEMU made it, blockgraph must use it. */
   | { qemu: string[] }
   /** `resize ARGS` (image first) by each tool. */
-  | { resize: string[] };
+  | { resize: string[] }
+  /** Damage the first snapshot table entry on both copies: its L1 table offset and size. */
+  | { damage: { l1Offset?: (o: number) => number; l1Size?: number } };
 
 /** The dates of every snapshot table entry (date_sec, date_nsec) zeroed: the only bytes the clock decides. */
 function maskSnapshotDates(buf: Buffer): Buffer {
@@ -87,6 +89,22 @@ function maskSnapshotDates(buf: Buffer): Buffer {
     off += Math.ceil((40 + extra + idLen + nameLen) / 8) * 8;
   }
   return out;
+}
+
+function damageFirstSnapshot(file: string, d: { l1Offset?: (o: number) => number; l1Size?: number }): void {
+  const fd = openSync(file, 'r+');
+  try {
+    const head = Buffer.alloc(72);
+    readSync(fd, head, 0, 72, 0);
+    const entry = Number(head.readBigUInt64BE(64));
+    const e = Buffer.alloc(12);
+    readSync(fd, e, 0, 12, entry);
+    if (d.l1Offset) e.writeBigUInt64BE(BigInt(d.l1Offset(Number(e.readBigUInt64BE(0)))), 0);
+    if (d.l1Size !== undefined) e.writeUInt32BE(d.l1Size, 8);
+    writeSync(fd, e, 0, 12, entry);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 const DATE = /\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g;
@@ -133,6 +151,8 @@ async function scenario(image: string, steps: Step[]): Promise<{ q: string; b: s
       expectSameRun(what, rb, rq, qd.dir, bd.dir, 'qemu-io');
     } else if ('qemu' in step) {
       for (const f of [q, b]) must('qemu-img', ...step.qemu, f);
+    } else if ('damage' in step) {
+      for (const f of [q, b]) damageFirstSnapshot(f, step.damage);
     } else {
       const rq = run('qemu-img', ['resize', '-f', 'qcow2', q, ...step.resize]);
       const rb = await bg('resize', '-f', 'qcow2', b, ...step.resize);
@@ -224,6 +244,34 @@ describe('blockgraph snapshot on qcow2 against QEMU 7.2', () => {
       { snap: ['-l', '-c', 'x'] },
       { snap: ['-l'] },
     ]);
+  });
+
+  it('a damaged snapshot table entry: apply and delete refuse it with the messages of QEMU, nothing changes', async (ctx) => {
+    need(ctx);
+    const { q, b } = await scenario('std.qcow2', [
+      { snap: ['-c', 's1'] },
+      { snap: ['-c', 's2'] },
+      { damage: { l1Offset: (o) => o + 512 } },
+      { snap: ['-l'] },
+      { snap: ['-a', 's1'] },
+      { snap: ['-d', 's1'] },
+      { damage: { l1Offset: (o) => o - 512, l1Size: 0x1000000 } },
+      { snap: ['-a', '1'] },
+      { snap: ['-d', 's1'] },
+      // The undamaged one can still be applied.
+      { snap: ['-a', 's2'] },
+    ]);
+    // Deleting it must rewrite the table, and the huge damaged L1 table overlaps wherever the new one goes: both
+    // mark the image corrupt and fail alike. QEMU's corrupt-bit header rewrite then also stores its in-memory
+    // snapshot count (already one less), so s2 vanishes from its table and leaks; blockgraph's header keeps
+    // the table as it was on disk (s2 still listed, its clusters still referenced).
+    const rq = run('qemu-img', ['snapshot', '-d', 's2', q]);
+    const rb = await bg('snapshot', '-d', 's2', b);
+    expect(rb.status).toBe(rq.status);
+    expect(rb.stderr.split(b).join('IMG')).toBe(normaliseStderr(rq.stderr.split(q).join('IMG')));
+    expect(rb.stderr).toMatch(/^qcow2: Marking image as corrupt: Preventing invalid write on metadata \(overlaps with inactive L1 table\)/);
+    expect(qemuImg('snapshot', '-l', '-U', b).stdout).toMatch(/ s2 /);
+    expect(qemuImg('snapshot', '-l', '-U', q).stdout).not.toMatch(/ s2 /);
   });
 
   it('refcount_bits=1: a snapshot would need refcount 2, so create fails (EINVAL) and leaks what QEMU leaks', async (ctx) => {

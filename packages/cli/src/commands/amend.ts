@@ -11,6 +11,7 @@ import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js
 import { createProgress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../lib/qemu-opts.js';
 import { formatDriver } from './convert.js';
+import { reportingCorruption } from './snapshot.js';
 
 type Amendable = BlockDriver & { amendOptions?: OptionSchema };
 
@@ -93,7 +94,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       const amendOpts: Record<string, unknown> = entriesToOptions(entries);
       if (force) amendOpts.force = true;
       try {
-        await node.impl.amend(amendOpts);
+        await reportingCorruption(ctx, graph, () => node.impl.amend!(amendOpts));
       } catch (e) {
         // A driver's hint (QEMU's error_append_hint, e.g. "use rebase instead") follows the message.
         const hint = (e as { hint?: string }).hint;

@@ -1,11 +1,33 @@
 /** blockgraph snapshot — qemu-img snapshot -l | -c NAME | -a NAME | -d NAME (internal snapshots). */
-import { ERRNO, STRERROR, isBlockError, type BlockNode, type SnapshotInfo } from '@blockgraph/block-core';
+import { ERRNO, STRERROR, isBlockError, type BlockNode, type Graph, type GraphEvent, type SnapshotInfo } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
 import { snapshotRow, snapshotToQapi } from '../lib/image-info.js';
 import { errMessage, openImage, warnProbedRaw, withGraph } from '../lib/open.js';
 
 type Action = 'list' | 'apply' | 'create' | 'delete';
+
+/**
+ * qcow2_signal_corruption() prints its line itself (no program prefix) before the operation's own error:
+ * turn the graph's BLOCK_IMAGE_CORRUPTED events into those lines while `fn` runs.
+ */
+export async function reportingCorruption<T>(ctx: Ctx, graph: Graph, fn: () => Promise<T>): Promise<T> {
+  const off = graph.on((e: GraphEvent) => {
+    if (e.event !== 'BLOCK_IMAGE_CORRUPTED') return;
+    const node = graph.nodes.get(String(e.data['node-name']));
+    const fmt = node?.driver.name ?? 'qcow2';
+    ctx.err(
+      e.data.fatal
+        ? `${fmt}: Marking image as corrupt: ${String(e.data.msg)}; further corruption events will be suppressed\n`
+        : `${fmt}: Image is corrupt: ${String(e.data.msg)}; further non-fatal corruption events will be suppressed\n`,
+    );
+  });
+  try {
+    return await fn();
+  } finally {
+    off();
+  }
+}
 
 /** bdrv_snapshot_fallback(): the node that implements snapshots, looking through pass-through layers. */
 function snapshotNode(node: BlockNode, method: 'snapshotList' | 'snapshotCreate' | 'snapshotGoto' | 'snapshotDelete'): BlockNode | undefined {
@@ -58,65 +80,79 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const filename = operands[0]!;
   return withGraph(async (graph) => {
     const img = await openImage(ctx, graph, { filename, imageOpts, readOnly: action === 'list', forceShare, quiet });
-    const node = img.top;
-    switch (action) {
-      case 'list': {
-        const list = await listSnapshots(node).catch(() => undefined);
-        if (list && list.length) {
-          let s = `Snapshot list:\n${snapshotRow()}\n`;
-          for (const sn of list) s += `${snapshotRow(snapshotToQapi(sn))}\n`;
-          ctx.out(s);
-        }
-        return 0;
-      }
-      case 'create': {
-        const now = Date.now();
-        const n = snapshotNode(node, 'snapshotCreate');
-        try {
-          if (!n) throw Object.assign(new CliError('Operation not supported'), { code: 'ENOTSUP' });
-          await n.impl.snapshotCreate!({ name, dateSec: Math.floor(now / 1000), dateNsec: (now % 1000) * 1e6 });
-        } catch (e) {
-          const code = (e as { code?: string }).code as keyof typeof ERRNO | undefined;
-          const errno = code && code in ERRNO ? ERRNO[code] : 5;
-          const text = code && code in STRERROR ? STRERROR[code] : oneLine(errMessage(e));
-          ctx.error(`Could not create snapshot '${name}': -${errno} (${text})`);
-          return 1;
-        }
-        return 0;
-      }
-      case 'apply': {
-        const n = snapshotNode(node, 'snapshotGoto');
-        try {
-          if (!n) {
-            // QEMU's fallback closes and reopens the image first, which repeats the "probing guessed raw" warning.
-            if (img.probed && img.image.driver.name === 'raw' && !quiet) warnProbedRaw(ctx, filename);
-            throw new CliError('Block driver does not support snapshots');
-          }
-          await n.impl.snapshotGoto!(name);
-        } catch (e) {
-          ctx.error(`Could not apply snapshot '${name}': ${oneLine(errMessage(e))}`);
-          return 1;
-        }
-        return 0;
-      }
-      case 'delete': {
-        const sn = await findSnapshot(node, name);
-        if (!sn) {
-          ctx.error(`Could not delete snapshot '${name}': snapshot not found`);
-          return 1;
-        }
-        const n = snapshotNode(node, 'snapshotDelete');
-        try {
-          if (!n) throw new CliError('Block driver does not support snapshots');
-          await n.impl.snapshotDelete!(sn.id, sn.name);
-        } catch (e) {
-          ctx.error(`Could not delete snapshot '${name}': ${oneLine(isBlockError(e) ? e.message : errMessage(e))}`);
-          return 1;
-        }
-        return 0;
-      }
-      default:
-        return 0;
-    }
+    return reportingCorruption(ctx, graph, () => act(ctx, img, action, name, filename, quiet));
   });
+}
+
+/** The action on the open image; returns the exit code. */
+async function act(
+  ctx: Ctx,
+  img: Awaited<ReturnType<typeof openImage>>,
+  action: Action | undefined,
+  name: string,
+  filename: string,
+  quiet: boolean,
+): Promise<number> {
+  const node = img.top;
+  switch (action) {
+    case 'list': {
+      const list = await listSnapshots(node).catch(() => undefined);
+      if (list && list.length) {
+        let s = `Snapshot list:\n${snapshotRow()}\n`;
+        for (const sn of list) s += `${snapshotRow(snapshotToQapi(sn))}\n`;
+        ctx.out(s);
+      }
+      return 0;
+    }
+    case 'create': {
+      const now = Date.now();
+      const n = snapshotNode(node, 'snapshotCreate');
+      try {
+        if (!n) throw Object.assign(new CliError('Operation not supported'), { code: 'ENOTSUP' });
+        await n.impl.snapshotCreate!({ name, dateSec: Math.floor(now / 1000), dateNsec: (now % 1000) * 1e6 });
+      } catch (e) {
+        const code = (e as { code?: string }).code as keyof typeof ERRNO | undefined;
+        const errno = code && code in ERRNO ? ERRNO[code] : 5;
+        const text = code && code in STRERROR ? STRERROR[code] : oneLine(errMessage(e));
+        ctx.error(`Could not create snapshot '${name}': -${errno} (${text})`);
+        return 1;
+      }
+      return 0;
+    }
+    case 'apply': {
+      const n = snapshotNode(node, 'snapshotGoto');
+      try {
+        if (!n) {
+          // QEMU's fallback closes and reopens the image first, which repeats the "probing guessed raw" warning.
+          if (img.probed && img.image.driver.name === 'raw' && !quiet) warnProbedRaw(ctx, filename);
+          throw new CliError('Block driver does not support snapshots');
+        }
+        await n.impl.snapshotGoto!(name);
+      } catch (e) {
+        // What the driver reported on its own (error_report) comes first, as in QEMU.
+        for (const line of (e as { reported?: string[] }).reported ?? []) ctx.error(oneLine(line));
+        ctx.error(`Could not apply snapshot '${name}': ${oneLine(errMessage(e))}`);
+        return 1;
+      }
+      return 0;
+    }
+    case 'delete': {
+      const sn = await findSnapshot(node, name);
+      if (!sn) {
+        ctx.error(`Could not delete snapshot '${name}': snapshot not found`);
+        return 1;
+      }
+      const n = snapshotNode(node, 'snapshotDelete');
+      try {
+        if (!n) throw new CliError('Block driver does not support snapshots');
+        await n.impl.snapshotDelete!(sn.id, sn.name);
+      } catch (e) {
+        ctx.error(`Could not delete snapshot '${name}': ${oneLine(isBlockError(e) ? e.message : errMessage(e))}`);
+        return 1;
+      }
+      return 0;
+    }
+    default:
+      return 0;
+  }
 }

@@ -83,7 +83,9 @@ export async function writeSnapshots(s: Qcow2State): Promise<void> {
     const patch = snapshotTablePatch(entries.length, offset);
     await s.writeFileSync(patch.offset, patch.bytes);
   } catch (e) {
-    if (offset > 0) await freeClusters(s, offset, size, DiscardType.ALWAYS);
+    // After a fatal corruption event (the overlap check) the image takes no more writes, as QEMU's unusable
+    // node: the new clusters leak.
+    if (offset > 0 && !s.broken) await freeClusters(s, offset, size, DiscardType.ALWAYS);
     throw e;
   }
   const oldOffset = s.header.snapshotsOffset;
@@ -280,7 +282,8 @@ export async function gotoSnapshot(s: Qcow2State, index: number): Promise<void> 
     // COPIED flags of the new active table (refcounts may have dropped to 1 above).
     await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, 0);
   } catch (e) {
-    throw isBlockError(e) ? failedToLoad(e.code, e.message.startsWith('qcow2:') ? [e.message] : []) : e;
+    // QEMU prints nothing of its own here (corruption events are reported as events): only the errno.
+    throw isBlockError(e) ? failedToLoad(e.code) : e;
   } finally {
     s.metadataPreallocation = null;
   }
