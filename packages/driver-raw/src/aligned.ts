@@ -10,7 +10,14 @@ const WASM_PAGE = 65536;
 /** WebAssembly.Memory holds at most 65536 pages (4 GiB). */
 const MAX_WASM_BYTES = 65536 * WASM_PAGE;
 
-const aligned = new WeakSet<ArrayBufferLike>();
+/**
+ * The ArrayBuffers known to start page-aligned. The set lives on globalThis under a registered symbol, so that
+ * packages which allocate aligned memory themselves (a WebAssembly.Memory) without depending on this one -- the
+ * mirror job's copy buffer -- can add theirs and the file driver reads into them without bouncing.
+ */
+const REGISTRY = Symbol.for('@blockgraph/aligned-buffers');
+const aligned: WeakSet<ArrayBufferLike> = ((globalThis as Record<symbol, WeakSet<ArrayBufferLike> | undefined>)[REGISTRY] ??=
+  new WeakSet<ArrayBufferLike>());
 
 /**
  * A zero-filled buffer of `size` bytes whose first byte is page-aligned (4096 bytes, in fact 64 KiB).

@@ -48,6 +48,11 @@ class MirrorIoError extends Error {
   }
 }
 
+
+/** Run `fn` in a later event-loop turn without a timer's clamp (setImmediate in Node; setTimeout(0) elsewhere). */
+const macrotask: (fn: () => void) => void =
+  (globalThis as { setImmediate?: (fn: () => void) => unknown }).setImmediate ?? ((fn) => void setTimeout(fn, 0));
+
 export interface MirrorJobParams {
   graph: Graph;
   id: string;
@@ -298,8 +303,24 @@ export class MirrorJob extends Job {
     let delay: number;
     do {
       delay = this.limit.calculateDelay(0);
-      await this.sleep(delay);
+      if (delay > 0) await this.sleep(delay);
+      else await this.sleepZero();
     } while (delay > 0 && !this.isCancelled() && !(this.bitmap.count() === 0 && this.inFlight === 0));
+  }
+
+  /**
+   * job_sleep_ns(0) without a timer: QEMU's zero-length timer fires in the next main-loop iteration, Node's
+   * setTimeout(0) only after a millisecond or more -- once per iteration, that capped an unthrottled mirror at a
+   * few hundred iterations a second (a 1 GiB qcow2 mirror spent about half its time waiting on it). The job lets
+   * the event loop run once (I/O completions, guest requests), not busy meanwhile, then passes a pause point.
+   */
+  private async sleepZero(): Promise<void> {
+    if (this.isCancelled()) return;
+    this.busy = false;
+    this.graph.kick();
+    await new Promise<void>((resolve) => macrotask(resolve));
+    this.busy = true;
+    await this.pausePoint();
   }
 
   /**

@@ -151,6 +151,30 @@ export function bufferedBounceNeeded(iov: readonly Uint8Array[]): boolean {
   return false;
 }
 
+/** Staging buffer of scatterCopy(), small enough to stay in the CPU cache. */
+const stage = new Uint8Array(64 * 1024);
+/** Pieces from this size on are copied straight (memcpy takes its non-temporal path, alignment does not matter). */
+const DIRECT_COPY_MIN = 1024 * 1024;
+
+/**
+ * dst.set(src, at), fast also when `dst` is not cache-line aligned: memcpy (`rep movsb`) into memory that is not,
+ * and not in the cache either, runs at ~1.6 GB/s for pieces of 64-256 KiB (measured here), against 5-7 GB/s when
+ * the piece goes through a small buffer that stays in the cache; from 1 MiB on the plain copy is faster.
+ */
+function scatterCopy(dst: Uint8Array, at: number, src: Uint8Array): void {
+  const n = src.byteLength;
+  if (n >= DIRECT_COPY_MIN) {
+    dst.set(src, at);
+    return;
+  }
+  for (let o = 0; o < n; o += stage.byteLength) {
+    const k = Math.min(stage.byteLength, n - o);
+    const t = k === stage.byteLength ? stage : stage.subarray(0, k);
+    t.set(src.subarray(o, o + k));
+    dst.set(t, at + o);
+  }
+}
+
 /** A buffered read of `size` bytes at `pos` into `iov` through aligned bounce buffers (past EOF: zeroes). */
 export async function bouncedPreadv(fd: number, iov: readonly Uint8Array[], size: number, pos: number): Promise<void> {
   const chunk = Math.min(size, BUFFERED_BOUNCE_CHUNK);
@@ -181,7 +205,7 @@ export async function bouncedPreadv(fd: number, iov: readonly Uint8Array[], size
       for (let from = 0; from < n; ) {
         const b = iov[i]!;
         const k = Math.min(b.byteLength - at, n - from);
-        b.set(view.subarray(from, from + k), at);
+        scatterCopy(b, at, view.subarray(from, from + k));
         from += k;
         at += k;
         if (at === b.byteLength) {
