@@ -57,6 +57,10 @@ const images = cachedSetup((d) => {
   io(join(d, 'small.qcow2'), 'write -P 5 0 64k', 'write -P 6 3M 12k');
   img('lazy.qcow2', '16M', '-o', 'lazy_refcounts=on,refcount_bits=64');
   io(join(d, 'lazy.qcow2'), 'write -P 7 0 256k');
+  img('base.qcow2', '16M');
+  io(join(d, 'base.qcow2'), 'write -P 0xb0 0 4M');
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', join(d, 'overlay.qcow2'));
+  io(join(d, 'overlay.qcow2'), 'write -P 0xb1 64k 64k', 'write -z 1M 64k');
   // Compressed clusters (refcounted by sector range) are shared by snapshots too.
   must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'plain.qcow2'), '4M');
   io(join(d, 'plain.qcow2'), 'write -P 0x42 0 2M', 'write -P 0x43 3M 256k');
@@ -326,6 +330,8 @@ describe('blockgraph snapshot on qcow2 against QEMU 7.2', () => {
     ['small.qcow2', ['write -P 0x71 0 4k', 'write -P 0x72 3M 20k', 'write -z 64k 4k']],
     ['lazy.qcow2', ['write -P 0x81 64k 64k', 'write -P 0x82 8M 64k']],
     ['comp.qcow2', ['write -P 0x91 64k 4k', 'write -P 0x92 3M 64k', 'write -z 1M 64k']],
+    // Partial writes copy from the backing file; the snapshot covers the overlay's own clusters only.
+    ['overlay.qcow2', ['write -P 0xa1 8k 4k', 'write -P 0xa2 66k 1k', 'write -z 2M 64k', 'discard 64k 64k']],
   ] as const) {
     it(`${image}: create, overwrite, apply, delete`, async (ctx) => {
       need(ctx);
