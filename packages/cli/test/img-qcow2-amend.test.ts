@@ -44,6 +44,11 @@ const images = cachedSetup((d) => {
   io(join(d, 'snap.qcow2'), 'write -P 0x21 0 1M', 'write -z 2M 64k');
   must('qemu-img', 'snapshot', '-c', 's1', join(d, 'snap.qcow2'));
   io(join(d, 'snap.qcow2'), 'write -P 0x22 512k 1M', 'write -z 0 64k');
+  // v2 snapshot table entries have no extra data: upgrading rewrites the table with it.
+  img('snapv2.qcow2', '32M', '-o', 'compat=0.10');
+  io(join(d, 'snapv2.qcow2'), 'write -P 0x31 0 1M');
+  must('qemu-img', 'snapshot', '-c', 's1', join(d, 'snapv2.qcow2'));
+  io(join(d, 'snapv2.qcow2'), 'write -P 0x32 512k 1M');
   img('zstd.qcow2', '16M', '-o', 'compression_type=zstd');
   img('el2.qcow2', '16M', '-o', 'extended_l2=on');
   io(join(d, 'el2.qcow2'), 'write -P 1 0 4k', 'write -z 64k 8k');
@@ -140,6 +145,8 @@ describe('blockgraph amend on qcow2 against qemu-img amend', () => {
     ['big.qcow2', 'refcount_bits=64', true],
     ['snap.qcow2', 'refcount_bits=2', true],
     ['snap.qcow2', 'lazy_refcounts=on', true],
+    ['snapv2.qcow2', 'compat=1.1', true],
+    ['snapv2.qcow2', 'compat=1.1,refcount_bits=8,size=64M', true],
     ['std.qcow2', 'size=128M', true],
     ['std.qcow2', 'size=1G', true],
     ['std.qcow2', 'size=16M', true],
