@@ -28,11 +28,6 @@ import { clusterDiscard } from './cluster.js';
  * ones afterwards; a delete removes the table entry first. A crash can only leak clusters.
  */
 
-/** What the snapshot functions need from the instance: the resize path (qcow2_co_truncate + node update). */
-export interface SnapshotHooks {
-  resize(size: number): Promise<void>;
-}
-
 /**
  * An error QEMU reports in two parts: lines it prints itself (error_report) before the caller's message.
  * `reported` holds those lines; the CLI prints them first.
