@@ -284,8 +284,8 @@ describe('blockgraph snapshot on qcow2 against QEMU 7.2', () => {
     cleanups.push(d.cleanup);
     images(d.dir);
     const f = join(d.dir, 'std.qcow2');
-    // (A short non-ASCII name is padded by characters here, by bytes in QEMU: lib/image-info.ts's snapshotRow.)
-    for (const name of ['a', 'a-rather-long-snapshot-name-that-overflows-its-column', 'x', '']) {
+    // 'é…' checks that columns are padded by bytes, as printf does, not by characters.
+    for (const name of ['a', 'a-rather-long-snapshot-name-that-overflows-its-column', 'x', '', 'é…', 'ünïcødé-ünïcødé']) {
       must('qemu-img', 'snapshot', '-c', name, f);
     }
     await bg('snapshot', '-c', 'made by blockgraph', f);

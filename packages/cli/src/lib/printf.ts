@@ -79,14 +79,26 @@ export function hex(n: number): string {
   return n === 0 ? '0' : `0x${n.toString(16)}`;
 }
 
+/** printf's field widths count bytes, not characters: a UTF-8 name takes as many columns as it has bytes. */
+function byteLength(s: string): number {
+  let n = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    n += c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
+
 /** "%-<width>s" */
 export function padRight(s: string, width: number): string {
-  return s.length >= width ? s : s + ' '.repeat(width - s.length);
+  const n = byteLength(s);
+  return n >= width ? s : s + ' '.repeat(width - n);
 }
 
 /** "%<width>s" */
 export function padLeft(s: string, width: number): string {
-  return s.length >= width ? s : ' '.repeat(width - s.length) + s;
+  const n = byteLength(s);
+  return n >= width ? s : ' '.repeat(width - n) + s;
 }
 
 const SIZE_SUFFIXES = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];
