@@ -380,6 +380,8 @@ describeWithQemu('measure, snapshot, amend, rebase (raw)', ['qemu-img', 'qemu-io
     ['snapshot mixed actions', 'snapshot', ['-l', '-c', 'x', 'a.raw']],
     ['amend raw', 'amend', ['-f', 'raw', '-o', 'size=2M', 'a.raw']],
     ['amend without -o', 'amend', ['-f', 'raw', 'a.raw']],
+    ['amend empty -o', 'amend', ['-f', 'raw', '-o', '', 'a.raw']],
+    ['measure empty -o', 'measure', ['-o', '', '--size', '1M']],
     ['rebase -u raw', 'rebase', ['-u', '-b', 'x.raw', '-F', 'raw', '-f', 'raw', 'a.raw']],
     ['rebase raw', 'rebase', ['-b', 'a.raw', '-F', 'raw', '-f', 'raw', 'a.raw']],
     ['rebase without -b', 'rebase', ['-f', 'raw', 'a.raw']],

@@ -72,7 +72,8 @@ export class Ctx {
 }
 
 export function oneLine(message: string): string {
-  return message.replace(/\s*\n\s*/g, ' ').trim();
+  // Only line breaks go: qemu's messages keep their own trailing blanks ("Invalid option list: " for -o '').
+  return message.replace(/\s*\n\s*$/, '').replace(/\s*\n\s*/g, ' ');
 }
 
 export function usageError(message: string): CliError {
