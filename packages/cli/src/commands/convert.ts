@@ -17,6 +17,7 @@ import {
   type BlockNode,
   type Graph,
 } from '@blockgraph/block-core';
+import { allocAlignedBuffer } from '@blockgraph/driver-raw';
 import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, type Ctx } from '../lib/context.js';
 import { blockOptionHelp, createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';
@@ -267,8 +268,9 @@ export class Converter {
 
   /** convert_co_do_copy(): one worker. */
   private async worker(): Promise<void> {
-    const buf = new Uint8Array(this.bufSectors * SECTOR);
-    const words = new Uint32Array(buf.buffer);
+    // Page-aligned as qemu-img's blk_blockalign(): the file driver then copies straight into it (see bench.ts).
+    const buf = allocAlignedBuffer(this.bufSectors * SECTOR);
+    const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.byteLength >> 2);
     for (;;) {
       await this.lockM.lock();
       if (this.ret !== null || this.sectorNum >= this.totalSectors) {
