@@ -6,7 +6,7 @@
  *
  *   node bench/run.mjs [--reps 5] [--only id,id] [--dir DIR] [--no-write] [--bin PATH]
  *
- * blockgraph runs as the built CLI (packages/cli/dist/bin.js, built first when missing or older than the
+ * blockgraph runs as the built CLI (packages/cli/bin/blockgraph.cjs → dist/bin.js, built first when missing or older than the
  * sources; --bin runs another build of it instead). The workloads are in bench/lib/workloads.mjs, the input
  * images in bench/lib/fixtures.mjs. After the workloads comes the guest-latency benchmark of the write-blocking
  * mirror (bench/lib/mirror-latency.mjs; `--only mirror-latency` runs it alone), a second table in BENCHMARKS.md.
@@ -26,7 +26,9 @@ import { MEMORY_WORKLOADS, WORKLOADS } from './lib/workloads.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI_DIR = join(ROOT, 'packages', 'cli');
-let BIN = join(CLI_DIR, 'dist', 'bin.js');
+/** What `blockgraph` runs (the launcher that sizes libuv's thread pool, then dist/bin.js). */
+let BIN = join(CLI_DIR, 'bin', 'blockgraph.cjs');
+const DIST_BIN = join(CLI_DIR, 'dist', 'bin.js');
 /** Pseudo-workload id of the mirror latency benchmark. */
 const LATENCY = 'mirror-latency';
 
@@ -69,7 +71,7 @@ function ensureBuilt() {
   const sources = ['block-core', 'driver-raw', 'driver-qcow2', 'filter-cor', 'job-mirror', 'cli']
     .map((p) => join(ROOT, 'packages', p, 'src'))
     .filter(existsSync);
-  const fresh = existsSync(BIN) && statSync(BIN).mtimeMs >= Math.max(...sources.map(newest));
+  const fresh = existsSync(DIST_BIN) && statSync(DIST_BIN).mtimeMs >= Math.max(...sources.map(newest));
   if (fresh) return;
   log('building @blockgraph/cli and its dependencies (pnpm --filter @blockgraph/cli... build)');
   const r = spawnSync('pnpm', ['--filter', '@blockgraph/cli...', 'run', 'build'], { cwd: ROOT, stdio: 'inherit' });
@@ -226,7 +228,7 @@ function report(results, memoryResults, latencyResult, machine, ver, opts) {
     `| load average at start | ${machine.load} |`,
     `| Node.js | ${ver.node} |`,
     `| QEMU | ${ver.qemu} |`,
-    `| blockgraph | git ${ver.blockgraph} (\`packages/cli/dist/bin.js\`) |`,
+    `| blockgraph | git ${ver.blockgraph} (\`packages/cli/bin/blockgraph.cjs\`) |`,
     '',
     '## Results',
     '',
@@ -250,7 +252,7 @@ function report(results, memoryResults, latencyResult, machine, ver, opts) {
     '',
     '`$OUT` is deleted before every run that writes it; "before each run" commands run untimed. Workloads that write',
     'run `sync` (untimed) before every run, so that the dirty pages of the previous run do not throttle this one.',
-    '`blockgraph` is `node packages/cli/dist/bin.js`.',
+    '`blockgraph` is `node packages/cli/bin/blockgraph.cjs` (the package\'s bin: it sizes libuv\'s thread pool to the CPUs, then runs `dist/bin.js`).',
     '',
   );
   for (const r of [...results, ...memoryResults]) {

@@ -71,6 +71,8 @@ export const qemuIo = (...args: string[]): RunResult => run('qemu-io', args);
 const here = dirname(fileURLToPath(import.meta.url));
 export const CLI_ROOT = join(here, '..');
 const DIST_BIN = join(CLI_ROOT, 'dist', 'bin.js');
+/** The package's `bin`: sizes libuv's thread pool, then loads dist/bin.js. */
+const LAUNCHER = join(CLI_ROOT, 'bin', 'blockgraph.cjs');
 const TSX = join(CLI_ROOT, '..', '..', 'node_modules', 'tsx', 'dist', 'esm', 'index.mjs');
 
 function newestMtime(dir: string): number {
@@ -83,8 +85,8 @@ function newestMtime(dir: string): number {
 }
 
 /**
- * The command line that runs the real `blockgraph` bin: the built dist/bin.js when it is up to date with the
- * sources, else the source bin through tsx.
+ * The command line that runs the real `blockgraph` bin: the package's launcher (bin/blockgraph.cjs) when the
+ * built dist/bin.js is up to date with the sources, else the source bin through tsx.
  */
 export function binCommand(): { cmd: string; args: string[]; kind: 'dist' | 'source' } {
   let fresh = false;
@@ -93,7 +95,7 @@ export function binCommand(): { cmd: string; args: string[]; kind: 'dist' | 'sou
   } catch {
     fresh = false;
   }
-  if (fresh) return { cmd: process.execPath, args: [DIST_BIN], kind: 'dist' };
+  if (fresh) return { cmd: process.execPath, args: [LAUNCHER], kind: 'dist' };
   return { cmd: process.execPath, args: ['--conditions=@blockgraph/source', '--import', TSX, join(CLI_ROOT, 'src', 'bin.ts')], kind: 'source' };
 }
 
