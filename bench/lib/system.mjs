@@ -36,7 +36,7 @@ export function machineInfo(dir) {
 
 export function versions(root) {
   const rev = sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD']);
-  const dirty = sh('git', ['-C', root, 'status', '--porcelain']) ? '-dirty' : '';
+  const dirty = sh('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no']) ? '-dirty' : '';
   return {
     node: process.version,
     qemu: sh('qemu-img', ['--version']).split('\n')[0] || 'qemu-img not found',
