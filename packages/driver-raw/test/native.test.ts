@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, read, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
@@ -129,6 +130,32 @@ describeRequiring('native helper', missingHelper, () => {
       expect(b.every((v) => v === 0)).toBe(true);
       expect(fstatSync(fd).size).toBe(256 * KiB);
       await expect(n.fallocateAsync!(-1, 0, 0, 1)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fallocate' });
+    });
+  });
+
+  describe('fdatasyncAsync', () => {
+    it('flushes on a thread of its own: it completes while every thread of the pool is blocked', async () => {
+      const n = native();
+      const fd = open('flush.img', 'w+');
+      writeSync(fd, fill(64 * KiB, 0x11), 0, 64 * KiB, 0);
+      // A FIFO opened read-write has a writer, so a read on it blocks its pool thread until data arrives.
+      const fifo = join(dir, 'block-the-pool.fifo');
+      execFileSync('mkfifo', [fifo]);
+      const pipe = openSync(fifo, 'r+');
+      openFds.push(pipe);
+      const poolSize = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+      const blocked = Array.from({ length: poolSize }, () => new Promise<void>((res) => read(pipe, new Uint8Array(1), 0, 1, null, () => res())));
+      const settledWithin = (p: Promise<unknown>, ms: number) =>
+        Promise.race([p.then(() => true), new Promise<boolean>((res) => setTimeout(() => res(false), ms))]);
+      // The pool is really full: fs.fdatasync waits behind the blocked reads...
+      const viaPool = new Promise<void>((res, rej) => fdatasync(fd, (e) => (e ? rej(e) : res())));
+      expect(await settledWithin(viaPool, 300)).toBe(false);
+      // ...while the helper's flush does not.
+      expect(await settledWithin(n.fdatasyncAsync!(fd), 5000)).toBe(true);
+      writeSync(pipe, new Uint8Array(poolSize));
+      await Promise.all(blocked);
+      await viaPool;
+      await expect(n.fdatasyncAsync!(-1)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fdatasync' });
     });
   });
 

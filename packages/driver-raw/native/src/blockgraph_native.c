@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -30,7 +31,7 @@
 
 #include <node_api.h>
 
-#define BLOCKGRAPH_NATIVE_VERSION "1.2.0"
+#define BLOCKGRAPH_NATIVE_VERSION "1.3.0"
 
 /* Offsets arrive as JS numbers; beyond 2^53 they are no longer exact. */
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -431,6 +432,92 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
     return promise;
 }
 
+/* fdatasync() on a thread of its own, not on libuv's pool. A flush can wait for the disk for a long time (behind
+ * the writeback of everything else that is dirty), and the pool is sized for copies: a flush there would leave
+ * data requests a thread short for as long as it lasts. QEMU's thread pool grows for the same reason. */
+typedef struct {
+    napi_threadsafe_function tsfn;
+    napi_deferred deferred;
+    int fd;
+    int err;
+} FlushJob;
+
+static void flush_settle(napi_env env, napi_value js_cb, void *context, void *data)
+{
+    FlushJob *job = data;
+    if (env != NULL) {
+        if (job->err == 0) {
+            napi_value undefined;
+            napi_get_undefined(env, &undefined);
+            napi_resolve_deferred(env, job->deferred, undefined);
+        } else {
+            napi_value error = errno_error(env, job->err, "fdatasync");
+            if (error == NULL) {
+                napi_value msg;
+                napi_create_string_utf8(env, "fdatasync failed", NAPI_AUTO_LENGTH, &msg);
+                napi_create_error(env, NULL, msg, &error);
+            }
+            napi_reject_deferred(env, job->deferred, error);
+        }
+    }
+    free(job);
+}
+
+static void *flush_thread(void *arg)
+{
+    FlushJob *job = arg;
+    /* job is freed by flush_settle, possibly before the release below: keep the handle. */
+    napi_threadsafe_function tsfn = job->tsfn;
+    int ret;
+    do {
+        ret = fdatasync(job->fd);
+    } while (ret < 0 && errno == EINTR);
+    job->err = ret < 0 ? errno : 0;
+    napi_call_threadsafe_function(tsfn, job, napi_tsfn_blocking);
+    napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+    return NULL;
+}
+
+static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+    FlushJob *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        throw_errno(env, ENOMEM, "fdatasync");
+        return NULL;
+    }
+    job->fd = fd;
+    napi_value promise, name;
+    if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+        napi_create_string_utf8(env, "blockgraph:fdatasync", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, flush_settle,
+                                        &job->tsfn) != napi_ok) {
+        free(job);
+        napi_throw_error(env, NULL, "blockgraph_native: could not start fdatasync");
+        return NULL;
+    }
+    pthread_attr_t attr;
+    pthread_t thread;
+    int err = pthread_attr_init(&attr);
+    if (err == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        err = pthread_create(&thread, &attr, flush_thread, job);
+        pthread_attr_destroy(&attr);
+    }
+    if (err != 0) {
+        /* The promise stays pending forever if we returned it: settle it here instead. */
+        job->err = err;
+        napi_release_threadsafe_function(job->tsfn, napi_tsfn_abort);
+        napi_value error = errno_error(env, err, "pthread_create");
+        napi_reject_deferred(env, job->deferred, error);
+        free(job);
+    }
+    return promise;
+}
+
 static napi_value ofd_lock(napi_env env, napi_callback_info info)
 {
     AddonState *state = get_state(env);
@@ -664,6 +751,7 @@ NAPI_MODULE_INIT()
               export_function(env, exports, "seekHole", seek_hole) &&
               export_function(env, exports, "fallocate", do_fallocate) &&
               export_function(env, exports, "fallocateAsync", do_fallocate_async) &&
+              export_function(env, exports, "fdatasyncAsync", do_fdatasync_async) &&
               export_function(env, exports, "ofdLock", ofd_lock) &&
               export_function(env, exports, "ofdTest", ofd_test) &&
               export_function(env, exports, "lockKind", get_lock_kind) &&

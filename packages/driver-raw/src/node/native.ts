@@ -59,6 +59,11 @@ export interface NativeHelper {
   /** fallocate(2) on the thread pool (helpers since 1.2): it can wait for the file system. */
   fallocateAsync?(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /**
+   * fdatasync(2) on a thread of its own, not on libuv's pool (helpers since 1.3): a flush can wait for the disk
+   * for long, and would hold a pool thread that data requests need meanwhile.
+   */
+  fdatasyncAsync?(fd: number): Promise<void>;
+  /**
    * Non-blocking byte-range lock (F_OFD_SETLK, or F_SETLK when the kernel lacks OFD locks). A conflict
    * throws with code 'EAGAIN' or 'EACCES'.
    */
