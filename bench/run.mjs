@@ -138,6 +138,8 @@ async function main() {
   try {
     const needed = [...new Set([...[...workloads, ...memory].flatMap((w) => w.fixtures), ...(latency ? ['QHALF1G'] : [])])];
     const paths = { ...buildFixtures(needed, dir, log), OUT: join(dir, 'out.img'), DIR: dir };
+    // The fixtures' gigabytes of dirty pages would otherwise be written back during the first workloads.
+    spawnSync('sync');
     for (const w of workloads) {
       const qemu = substitute(w.qemu, paths);
       const ours = [process.execPath, BIN, ...substitute(w.ours, paths)];
