@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { main } from '../src/index.js';
 
 export const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
@@ -217,3 +217,20 @@ export function cachedSetup(build: (dir: string) => void): (dir: string) => void
 afterAll(() => {
   for (const t of templates.splice(0)) rmSync(t, { recursive: true, force: true });
 });
+
+/**
+ * For tests of qcow2 images against qemu-img: `need(ctx)` at the start of each test skips it when qemu-img,
+ * qemu-io or the (optional) qcow2 driver package is missing, and fails it instead under CI=true.
+ */
+export function qcow2Requirement(): (ctx: { skip: () => void }) => void {
+  const missing = missingTools('qemu-img', 'qemu-io');
+  let available = false;
+  beforeAll(async () => {
+    available = await driverAvailable('@blockgraph/driver-qcow2', 'qcow2Driver');
+  });
+  return (ctx) => {
+    if (missing.length === 0 && available) return;
+    if (IN_CI) throw new Error(`missing: ${[...missing, ...(available ? [] : ['@blockgraph/driver-qcow2'])].join(', ')}`);
+    ctx.skip();
+  };
+}

@@ -3,19 +3,10 @@
  * the same errors and exit codes, for new images (--size) and for existing raw and qcow2 sources.
  */
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { bg, cachedSetup, driverAvailable, IN_CI, missingTools, must, normaliseStderr, run, tempDir } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { bg, cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
 
-const missing = missingTools('qemu-img', 'qemu-io');
-let available = false;
-beforeAll(async () => {
-  available = await driverAvailable('@blockgraph/driver-qcow2', 'qcow2Driver');
-});
-const need = (ctx: { skip: () => void }) => {
-  if (missing.length === 0 && available) return;
-  if (IN_CI) throw new Error(`missing: ${[...missing, ...(available ? [] : ['@blockgraph/driver-qcow2'])].join(', ')}`);
-  ctx.skip();
-};
+const need = qcow2Requirement();
 
 const io = (fmt: string, file: string, ...cmds: string[]) => must('qemu-io', '-f', fmt, ...cmds.flatMap((c) => ['-c', c]), file);
 

@@ -6,19 +6,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { cachedSetup, driverAvailable, IN_CI, missingTools, must, normaliseStderr, qemuImg, twin, type Twin } from './helpers.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cachedSetup, must, normaliseStderr, qcow2Requirement, qemuImg, twin, type Twin } from './helpers.js';
 
-const missing = missingTools('qemu-img', 'qemu-io');
-let available = false;
-beforeAll(async () => {
-  available = await driverAvailable('@blockgraph/driver-qcow2', 'qcow2Driver');
-});
-const need = (ctx: { skip: () => void }) => {
-  if (missing.length === 0 && available) return;
-  if (IN_CI) throw new Error(`missing: ${[...missing, ...(available ? [] : ['@blockgraph/driver-qcow2'])].join(', ')}`);
-  ctx.skip();
-};
+const need = qcow2Requirement();
 
 let t: Twin | undefined;
 afterEach(() => {

@@ -8,32 +8,10 @@
  */
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  bg,
-  cachedSetup,
-  driverAvailable,
-  filterQemuIo,
-  IN_CI,
-  missingTools,
-  must,
-  normaliseStderr,
-  qemuImg,
-  run,
-  tempDir,
-  type RunResult,
-} from './helpers.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { bg, cachedSetup, filterQemuIo, must, normaliseStderr, qcow2Requirement, qemuImg, run, tempDir, type RunResult } from './helpers.js';
 
-const missing = missingTools('qemu-img', 'qemu-io');
-let available = false;
-beforeAll(async () => {
-  available = await driverAvailable('@blockgraph/driver-qcow2', 'qcow2Driver');
-});
-const need = (ctx: { skip: () => void }) => {
-  if (missing.length === 0 && available) return;
-  if (IN_CI) throw new Error(`missing: ${[...missing, ...(available ? [] : ['@blockgraph/driver-qcow2'])].join(', ')}`);
-  ctx.skip();
-};
+const need = qcow2Requirement();
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {

@@ -1,7 +1,8 @@
 /// <reference types="node" />
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { Graph, type BlockNode, type BlockBackend, type Options } from '@blockgraph/block-core';
+import { Graph, isBlockError, type BlockNode, type BlockBackend, type Options } from '@blockgraph/block-core';
+import { expect } from 'vitest';
 import { allRawDrivers } from '@blockgraph/driver-raw/file';
 import { qcow2Driver } from '../../src/node/index.js';
 
@@ -69,4 +70,21 @@ export function firstDiff(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.length, b.length);
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return a.length === b.length ? -1 : n;
+}
+
+export const fill = (n: number, v: number): Uint8Array => new Uint8Array(n).fill(v);
+
+/** Every byte of `data` is `v` (toEqual on megabytes of typed array takes seconds). */
+export const allBytes = (data: Uint8Array, v: number): boolean => data.every((b) => b === v);
+
+/** `p` rejects with a BlockError of `code` (and a message matching `message`). */
+export async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (e) {
+    expect(isBlockError(e) ? e.code : e).toBe(code);
+    if (message) expect((e as Error).message).toMatch(message);
+    return;
+  }
+  throw new Error(`expected ${code}`);
 }

@@ -5,26 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { isBlockError, type BlockBackend, type BlockNode, type Graph } from '@blockgraph/block-core';
-import { Workdir, hasQemu, newGraph, openQcow2, qemuCheck, run } from './helpers.js';
+import { type BlockBackend, type BlockNode, type Graph } from '@blockgraph/block-core';
+import { Workdir, allBytes, expectCode, fill, hasQemu, newGraph, openQcow2, qemuCheck, run } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-const fill = (n: number, v: number) => new Uint8Array(n).fill(v);
-/** Every byte of `data` is `v` (toEqual on megabytes of typed array takes seconds). */
-const allBytes = (data: Uint8Array, v: number) => data.every((b) => b === v);
-
-async function expectCode(p: Promise<unknown>, code: string, message?: RegExp): Promise<void> {
-  try {
-    await p;
-  } catch (e) {
-    expect(isBlockError(e) ? e.code : e).toBe(code);
-    if (message) expect((e as Error).message).toMatch(message);
-    return;
-  }
-  throw new Error(`expected ${code}`);
-}
 
 describe.skipIf(!hasQemu)('qcow2 internal snapshots (driver API)', () => {
   let w: Workdir;
