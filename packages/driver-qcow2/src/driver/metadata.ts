@@ -73,19 +73,22 @@ export async function loadSnapshots(s: Qcow2State, loadInactiveL2: boolean): Pro
   }
   s.snapshots = parseSnapshotTable(bytes, h.nbSnapshots, s.size);
   s.snapshotTableBytes = snapshotTableLength(bytes, h.nbSnapshots);
-  if (loadInactiveL2) {
-    const l2s: number[] = [];
-    for (const sn of s.snapshots) {
-      if (!sn.l1Size) continue;
-      const l1 = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
-      const v = new DataView(l1.buffer);
-      for (let i = 0; i < sn.l1Size; i++) {
-        const off = (v.getUint32(i * 8) & 0x00ffffff) * 4294967296 + ((v.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-        if (off) l2s.push(off);
-      }
+  if (loadInactiveL2) s.inactiveL2 = await inactiveL2Offsets(s);
+}
+
+/** The L2 table offsets of the snapshots' (inactive) L1 tables, for overlap-check=all. */
+export async function inactiveL2Offsets(s: Qcow2State): Promise<number[]> {
+  const l2s: number[] = [];
+  for (const sn of s.snapshots) {
+    if (!sn.l1Size) continue;
+    const l1 = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
+    const v = new DataView(l1.buffer);
+    for (let i = 0; i < sn.l1Size; i++) {
+      const off = (v.getUint32(i * 8) & 0x00ffffff) * 4294967296 + ((v.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
+      if (off) l2s.push(off);
     }
-    s.inactiveL2 = l2s;
   }
+  return l2s;
 }
 
 /** The metadata caches' file I/O: tables beyond the end of the file are corruption, writes are overlap-checked. */

@@ -11,7 +11,7 @@ import {
 } from '../format/index.js';
 import { flushCaches } from './header-io.js';
 import { growL1Table } from './l1.js';
-import { readAt } from './metadata.js';
+import { inactiveL2Offsets, readAt } from './metadata.js';
 import { preWriteOverlapCheck } from './overlap.js';
 import { allocClusters, freeClusters } from './refcount.js';
 import { updateSnapshotRefcount } from './snapshot-refcount.js';
@@ -94,17 +94,7 @@ export async function writeSnapshots(s: Qcow2State): Promise<void> {
 /** Re-read the L2 offsets of the inactive L1 tables when overlap-check=all keeps them. */
 async function refreshInactiveL2(s: Qcow2State): Promise<void> {
   if (s.inactiveL2 === null) return;
-  const l2s: number[] = [];
-  for (const sn of s.snapshots) {
-    if (!sn.l1Size) continue;
-    const l1 = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
-    const v = new DataView(l1.buffer);
-    for (let i = 0; i < sn.l1Size; i++) {
-      const off = (v.getUint32(i * 8) & 0x00ffffff) * 4294967296 + ((v.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-      if (off) l2s.push(off);
-    }
-  }
-  s.inactiveL2 = l2s;
+  s.inactiveL2 = await inactiveL2Offsets(s);
 }
 
 /** find_new_snapshot_id(): one more than the largest id read with strtoul(). */
