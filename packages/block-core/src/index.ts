@@ -33,3 +33,4 @@ export { WaitQueue, ConditionWaiter, sleep } from './wait-queue.js';
 export { onTrace, trace, traceEnabled, type TraceListener } from './trace.js';
 export { parseJsonFilename, resolveRelativeFilename } from './filename.js';
 export { alignDown, alignUp, sectorRound, MAX_LENGTH, MAX_BOUNCE_BUFFER } from './io.js';
+export { allocAlignedBuffer, isAlignedBuffer } from './aligned.js';

@@ -8,7 +8,8 @@ import { nullCoDriver } from './null-co.js';
 import { memoryDriver } from './memory.js';
 
 export { rawDriver } from './raw.js';
-export { allocAlignedBuffer, isAlignedBuffer } from './aligned.js';
+// Re-exported from block-core, where the mirror job's buffers come from too.
+export { allocAlignedBuffer, isAlignedBuffer } from '@blockgraph/block-core';
 export { nullCoDriver, NULL_CO_DEFAULT_SIZE } from './null-co.js';
 export { memoryDriver, MemoryStore, MEMORY_CHUNK_SIZE, getMemoryStore, deleteMemoryStore } from './memory.js';
 

@@ -100,7 +100,7 @@ describe('memory', () => {
 
   it('has no node: imports (runs in a browser)', async () => {
     const { readFileSync } = await import('node:fs');
-    for (const f of ['index.ts', 'raw.ts', 'memory.ts', 'null-co.ts', 'aligned.ts']) {
+    for (const f of ['index.ts', 'raw.ts', 'memory.ts', 'null-co.ts']) {
       const src = readFileSync(new URL(`../src/${f}`, import.meta.url), 'utf8');
       expect(src).not.toMatch(/from ['"](node:|fs|path|os)/);
     }

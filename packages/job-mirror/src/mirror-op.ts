@@ -1,4 +1,4 @@
-import { WaitQueue } from '@blockgraph/block-core';
+import { WaitQueue, allocAlignedBuffer } from '@blockgraph/block-core';
 
 export type MirrorMethod = 'copy' | 'zero' | 'discard';
 
@@ -61,32 +61,6 @@ export class InFlightChunks {
   }
 }
 
-const WASM_PAGE = 65536;
-/** Where @blockgraph/driver-raw looks up buffers known to be page-aligned (see its aligned.ts). */
-const ALIGNED_REGISTRY = Symbol.for('@blockgraph/aligned-buffers');
-
-/**
- * `bytes` of page-aligned memory (a WebAssembly.Memory, whose base is a fresh mapping), registered as aligned for
- * the file driver; a plain ArrayBuffer where WebAssembly is unavailable. The kernel's page-cache copy runs several
- * times slower into or out of memory that is not cache-line aligned, which a plain ArrayBuffer of this size is
- * not (malloc puts it 16 bytes past a page boundary); the file driver would bounce such reads.
- */
-function alignedArrayBuffer(bytes: number): ArrayBuffer {
-  const WA = (globalThis as { WebAssembly?: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } } }).WebAssembly;
-  const pages = Math.ceil(bytes / WASM_PAGE);
-  if (WA && pages > 0 && pages <= 65536) {
-    try {
-      const buf = new WA.Memory({ initial: pages }).buffer;
-      const g = globalThis as Record<symbol, WeakSet<ArrayBufferLike> | undefined>;
-      (g[ALIGNED_REGISTRY] ??= new WeakSet<ArrayBufferLike>()).add(buf);
-      return buf;
-    } catch {
-      // no address space for another memory: a plain buffer
-    }
-  }
-  return new ArrayBuffer(bytes);
-}
-
 /** The copy buffer (`buf-size` bytes) split into granularity-sized chunks, handed out to copy operations. */
 export class ChunkPool {
   private readonly free: Uint8Array[] = [];
@@ -97,8 +71,9 @@ export class ChunkPool {
     bufSize: number,
   ) {
     const n = Math.max(1, Math.floor(bufSize / granularity));
-    const mem = alignedArrayBuffer(n * granularity);
-    for (let i = 0; i < n; i++) this.free.push(new Uint8Array(mem, i * granularity, granularity));
+    // Page-aligned: the kernel copies page-cache data several times faster into aligned memory (see aligned.ts).
+    const mem = allocAlignedBuffer(n * granularity);
+    for (let i = 0; i < n; i++) this.free.push(mem.subarray(i * granularity, (i + 1) * granularity));
   }
 
   get freeCount(): number {

@@ -9,8 +9,7 @@
  * short write is an error.
  */
 import * as fs from 'node:fs';
-import { BlockError, type IOVector } from '@blockgraph/block-core';
-import { allocAlignedBuffer, isAlignedBuffer } from '../aligned.js';
+import { BlockError, allocAlignedBuffer, isAlignedBuffer, type IOVector } from '@blockgraph/block-core';
 import { ioError, preadFull } from './fs-io.js';
 
 /** Largest request in O_DIRECT mode (the node's max-transfer): bounce buffers are at most this big. */

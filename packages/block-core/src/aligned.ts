@@ -12,8 +12,7 @@ const MAX_WASM_BYTES = 65536 * WASM_PAGE;
 
 /**
  * The ArrayBuffers known to start page-aligned. The set lives on globalThis under a registered symbol, so that
- * packages which allocate aligned memory themselves (a WebAssembly.Memory) without depending on this one -- the
- * mirror job's copy buffer -- can add theirs and the file driver reads into them without bouncing.
+ * two copies of block-core in one process (a plugin with its own node_modules) still recognise each other's.
  */
 const REGISTRY = Symbol.for('@blockgraph/aligned-buffers');
 const aligned: WeakSet<ArrayBufferLike> = ((globalThis as Record<symbol, WeakSet<ArrayBufferLike> | undefined>)[REGISTRY] ??=
