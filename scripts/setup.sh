@@ -5,15 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=0
-for tool in qemu-img qemu-io qemu-nbd qemu-storage-daemon nbdkit nbdinfo; do
+for tool in qemu-img qemu-io qemu-nbd qemu-storage-daemon nbdkit nbdinfo zstd; do
   command -v "$tool" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
-  echo "setup: installing QEMU tools (qemu-utils, qemu-system-common, nbdkit, libnbd-bin)"
+  echo "setup: installing QEMU tools (qemu-utils, qemu-system-common, nbdkit, libnbd-bin) and zstd"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin zstd >/dev/null
 fi
 
 PNPM_VERSION=10.34.9
