@@ -32,7 +32,6 @@ import {
   defaultChildPerms,
   defineBlockDriver,
   ERRNO,
-  NO_CAPABILITIES,
   Perm,
   ReqFlag,
   type BlockBackend,
@@ -45,7 +44,7 @@ import {
   type Options,
   type ReqFlags,
 } from '@blockgraph/block-core';
-import { childCapabilities, childWriteFlags, childZeroFlags } from './child-passthrough.js';
+import { childCapabilities, childWriteFlags, childZeroFlags, PASSTHROUGH_FILTER_CAPABILITIES } from './child-passthrough.js';
 
 /** QAPI BlkdebugEvent (QEMU 7.2). */
 export const BLKDEBUG_EVENTS = [
@@ -426,19 +425,7 @@ export const blkdebugDriver: BlockDriver = defineBlockDriver({
   name: 'blkdebug',
   kind: 'filter',
   description: 'Error injection, state machine and breakpoints for tests (QEMU block/blkdebug.c)',
-  capabilities: {
-    ...NO_CAPABILITIES,
-    write: true,
-    storesData: true,
-    zeroWrite: true,
-    discard: true,
-    discardZeroes: true,
-    blockStatus: true,
-    flush: true,
-    resize: true,
-    shrink: true,
-    reopen: true,
-  },
+  capabilities: PASSTHROUGH_FILTER_CAPABILITIES,
   options: {
     image: { type: 'ref', required: true, description: 'the node to filter' },
     config: { type: 'string', description: 'not supported: use parseBlkdebugConfig() and inject-error/set-state' },

@@ -3,7 +3,7 @@
  * child reports: the filter must not hide or invent a capability, or the conformance suite and the scenarios
  * would test the filter instead of the node below it. Read per call, because the child may change (reopen).
  */
-import { ReqFlag, type Child, type DriverCapabilities, type ReqFlags } from '@blockgraph/block-core';
+import { NO_CAPABILITIES, ReqFlag, type Child, type DriverCapabilities, type ReqFlags } from '@blockgraph/block-core';
 
 const CHILD_CAPS: (keyof DriverCapabilities)[] = ['storesData', 'zeroWrite', 'discard', 'discardZeroes', 'blockStatus', 'flush', 'resize', 'shrink', 'growOnWrite'];
 
@@ -21,3 +21,18 @@ export function childWriteFlags(file: Child): ReqFlags {
 export function childZeroFlags(file: Child): ReqFlags {
   return ReqFlag.WRITE_UNCHANGED | (file.node.supportedZeroFlags & (ReqFlag.FUA | ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK));
 }
+
+/** What such a filter's driver declares: everything a child may have (the node then reports the child's own). */
+export const PASSTHROUGH_FILTER_CAPABILITIES: DriverCapabilities = {
+  ...NO_CAPABILITIES,
+  write: true,
+  storesData: true,
+  zeroWrite: true,
+  discard: true,
+  discardZeroes: true,
+  blockStatus: true,
+  flush: true,
+  resize: true,
+  shrink: true,
+  reopen: true,
+};

@@ -533,6 +533,12 @@ export async function waitForAllocations(s: Qcow2State, offset: number, bytes: n
   }
 }
 
+/** The clusters `[guestOffset, +bytes)` touches, up to the end of its L2 slice (one slice is handled at a time). */
+function clustersInSlice(s: Qcow2State, guestOffset: number, bytes: number): number {
+  const nb = Math.ceil(((guestOffset % s.clusterSize) + bytes) / s.clusterSize);
+  return Math.min(nb, s.l2SliceEntries - sliceIndexOf(s, guestOffset));
+}
+
 /** handle_copied(): COPIED clusters at `guestOffset` that can be written in place. */
 async function handleCopied(
   s: Qcow2State,
@@ -543,9 +549,7 @@ async function handleCopied(
 ): Promise<{ found: boolean; host: number; bytes: number }> {
   const cs = s.clusterSize;
   const oic = guestOffset % cs;
-  const idx = sliceIndexOf(s, guestOffset);
-  let nb = Math.ceil((oic + bytes) / cs);
-  nb = Math.min(nb, s.l2SliceEntries - idx);
+  const nb = clustersInSlice(s, guestOffset, bytes);
   const { slice, index } = await getClusterTable(s, guestOffset);
   try {
     const e = entryAt(s, slice.view, index);
@@ -580,9 +584,7 @@ async function handleAlloc(
 ): Promise<{ found: boolean; host: number; bytes: number }> {
   const cs = s.clusterSize;
   const oic = guestOffset % cs;
-  const idx = sliceIndexOf(s, guestOffset);
-  let nb = Math.ceil((oic + bytes) / cs);
-  nb = Math.min(nb, s.l2SliceEntries - idx);
+  let nb = clustersInSlice(s, guestOffset, bytes);
   const { slice, index } = await getClusterTable(s, guestOffset);
   try {
     nb = countSingleWriteClusters(s, nb, slice.view, index, true);

@@ -11,8 +11,8 @@
  * new requests pass until the drained section ends (QEMU's `throttle_group_restart_tgm()` on drain). This is
  * what lets a job on a heavily throttled node be cancelled quickly (iotest 218). Platform-neutral.
  */
-import { ChildRole, defineBlockDriver, NO_CAPABILITIES, type BlockDriver, type Child, type IOVector, type ReqFlags } from '@blockgraph/block-core';
-import { childCapabilities, childWriteFlags, childZeroFlags } from '../child-passthrough.js';
+import { ChildRole, defineBlockDriver, type BlockDriver, type Child, type IOVector, type ReqFlags } from '@blockgraph/block-core';
+import { childCapabilities, childWriteFlags, childZeroFlags, PASSTHROUGH_FILTER_CAPABILITIES } from '../child-passthrough.js';
 
 /** blockdev-add options of a test-throttle node (kebab-case keys are accepted as well). */
 export interface ThrottleOptions {
@@ -38,19 +38,7 @@ export const testThrottleDriver: BlockDriver = defineBlockDriver({
   name: 'test-throttle',
   kind: 'filter',
   description: 'Rate-limiting filter for tests (a stand-in for QEMU\'s throttle filter)',
-  capabilities: {
-    ...NO_CAPABILITIES,
-    write: true,
-    storesData: true,
-    zeroWrite: true,
-    discard: true,
-    discardZeroes: true,
-    blockStatus: true,
-    flush: true,
-    resize: true,
-    shrink: true,
-    reopen: true,
-  },
+  capabilities: PASSTHROUGH_FILTER_CAPABILITIES,
   options: Object.fromEntries([
     ['file', { type: 'ref', required: true }],
     ...LIMITS.map((l) => [l, { type: 'integer', min: 0, default: 0 }]),
