@@ -513,6 +513,57 @@ const writeCmd: CmdInfo = {
   },
 };
 
+/** What readv and aio_read were asked to do: the same options and operands (aio_read adds -i). */
+interface VectoredRead {
+  offset: number;
+  v: { buf: Uint8Array; qiov: IOVector };
+  cflag: boolean;
+  qflag: boolean;
+  vflag: boolean;
+  pflag: boolean;
+  pattern: number;
+}
+
+/** Options and operands of readv / aio_read; a number is what the command returns at once (-i: 0). */
+function parseVectoredRead(s: IoState, cmd: CmdInfo, argv: string[], optstring: string): VectoredRead | number {
+  const p = cmdGetopt(s, cmd, argv, optstring);
+  if (!p) return EINVAL;
+  const r: Omit<VectoredRead, 'offset' | 'v'> = { cflag: false, qflag: false, vflag: false, pflag: false, pattern: 0 };
+  for (const o of p.options) {
+    if (o.key === 'C') r.cflag = true;
+    else if (o.key === 'i') return 0;
+    else if (o.key === 'P') {
+      r.pflag = true;
+      r.pattern = parsePattern(s, o.value!);
+      if (r.pattern < 0) return EINVAL;
+    } else if (o.key === 'q') r.qflag = true;
+    else if (o.key === 'v') r.vflag = true;
+  }
+  if (p.operands.length < 2) return usage(s, cmd);
+  const offset = cvtnum(p.operands[0]!);
+  if (offset < 0) {
+    printCvtnumErr(s, offset, p.operands[0]!);
+    return offset;
+  }
+  const v = createIovec(s, p.operands.slice(1), 0xab);
+  if (!v) return EINVAL;
+  return { ...r, offset, v };
+}
+
+/** After a readv / aio_read: pattern check, dump, statistics; EINVAL when the pattern does not match. */
+function finishVectoredRead(s: IoState, r: VectoredRead, seconds: number): number {
+  const size = r.v.qiov.size;
+  let ret = 0;
+  if (r.pflag && !isAllSame(r.v.buf, 0, size, r.pattern)) {
+    out(s, `Pattern verification failed at offset ${r.offset}, ${size} bytes\n`);
+    ret = EINVAL;
+  }
+  if (r.qflag) return ret;
+  if (r.vflag) dumpBuffer(s, r.v.buf, r.offset, size);
+  printReport(s, 'read', seconds, r.offset, size, size, 1, r.cflag);
+  return ret;
+}
+
 const readvCmd: CmdInfo = {
   name: 'readv',
   argmin: 2,
@@ -535,47 +586,16 @@ const readvCmd: CmdInfo = {
 
 `,
   async fn(s, argv) {
-    const p = cmdGetopt(s, this, argv, 'CP:qrv');
-    if (!p) return EINVAL;
-    let cflag = false;
-    let qflag = false;
-    let vflag = false;
-    let pflag = false;
-    let pattern = 0;
-    for (const o of p.options) {
-      if (o.key === 'C') cflag = true;
-      else if (o.key === 'P') {
-        pflag = true;
-        pattern = parsePattern(s, o.value!);
-        if (pattern < 0) return EINVAL;
-      } else if (o.key === 'q') qflag = true;
-      else if (o.key === 'v') vflag = true;
-    }
-    if (p.operands.length < 2) return usage(s, this);
-    const offset = cvtnum(p.operands[0]!);
-    if (offset < 0) {
-      printCvtnumErr(s, offset, p.operands[0]!);
-      return offset;
-    }
-    const v = createIovec(s, p.operands.slice(1), 0xab);
-    if (!v) return EINVAL;
+    const r = parseVectoredRead(s, this, argv, 'CP:qrv');
+    if (typeof r === 'number') return r;
     const t1 = now();
     try {
-      await s.blk!.preadv(offset, v.qiov.size, v.qiov);
+      await s.blk!.preadv(r.offset, r.v.qiov.size, r.v.qiov);
     } catch (e) {
       out(s, `readv failed: ${strerror(e)}\n`);
       return -5;
     }
-    const t2 = now();
-    let ret = 0;
-    if (pflag && !isAllSame(v.buf, 0, v.qiov.size, pattern)) {
-      out(s, `Pattern verification failed at offset ${offset}, ${v.qiov.size} bytes\n`);
-      ret = EINVAL;
-    }
-    if (qflag) return ret;
-    if (vflag) dumpBuffer(s, v.buf, offset, v.qiov.size);
-    printReport(s, 'read', t2 - t1, offset, v.qiov.size, v.qiov.size, 1, cflag);
-    return ret;
+    return finishVectoredRead(s, r, now() - t1);
   },
 };
 
@@ -665,43 +685,11 @@ const aioReadCmd: CmdInfo = {
 
 `,
   async fn(s, argv) {
-    const p = cmdGetopt(s, this, argv, 'CiP:qrv');
-    if (!p) return EINVAL;
-    let cflag = false;
-    let qflag = false;
-    let vflag = false;
-    let pflag = false;
-    let pattern = 0;
-    for (const o of p.options) {
-      if (o.key === 'C') cflag = true;
-      else if (o.key === 'i') return 0;
-      else if (o.key === 'P') {
-        pflag = true;
-        pattern = parsePattern(s, o.value!);
-        if (pattern < 0) return EINVAL;
-      } else if (o.key === 'q') qflag = true;
-      else if (o.key === 'v') vflag = true;
-    }
-    if (p.operands.length < 2) return usage(s, this);
-    const offset = cvtnum(p.operands[0]!);
-    if (offset < 0) {
-      printCvtnumErr(s, offset, p.operands[0]!);
-      return offset;
-    }
-    const v = createIovec(s, p.operands.slice(1), 0xab);
-    if (!v) return EINVAL;
+    const r = parseVectoredRead(s, this, argv, 'CiP:qrv');
+    if (typeof r === 'number') return r;
     const t1 = now();
-    const blk = s.blk!;
-    const req = blk.preadv(offset, v.qiov.size, v.qiov).then(
-      () => {
-        const t2 = now();
-        if (pflag && !isAllSame(v.buf, 0, v.qiov.size, pattern)) {
-          out(s, `Pattern verification failed at offset ${offset}, ${v.qiov.size} bytes\n`);
-        }
-        if (qflag) return;
-        if (vflag) dumpBuffer(s, v.buf, offset, v.qiov.size);
-        printReport(s, 'read', t2 - t1, offset, v.qiov.size, v.qiov.size, 1, cflag);
-      },
+    const req = s.blk!.preadv(r.offset, r.v.qiov.size, r.v.qiov).then(
+      () => void finishVectoredRead(s, r, now() - t1),
       (e) => {
         out(s, `readv failed: ${strerror(e)}\n`);
       },
