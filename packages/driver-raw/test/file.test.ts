@@ -527,3 +527,56 @@ describeRequiring('file: interoperability with qemu-img / qemu-io', [...missingT
     closeSync(fd);
   });
 });
+
+describeRequiring('file: writeback-ahead (native helper)', missingHelper, () => {
+  const cachestat = native?.pageCacheStat;
+  /** Dirty pages of the file of `node` in a range, or null on kernels without cachestat(2). */
+  function dirtyPages(fd: number, offset: number, length: number): number | null {
+    try {
+      return cachestat!(fd, offset, length).dirty;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOSYS') return null;
+      throw e;
+    }
+  }
+
+  it('starts the writeback of what was written once the given amount has accumulated', async () => {
+    const graph = newGraph();
+    graphs.push(graph);
+    const p = path('wb');
+    await graph.createImage('file', { filename: p, size: 4 * MiB });
+    const node = await graph.addNode({ driver: 'file', filename: p, 'writeback-ahead': '1M' });
+    const be = graph.backend(node);
+    const impl = node.impl as unknown as { fd: number; writebackAhead: { threshold: number; settled(): Promise<void> } | null };
+    expect(impl.writebackAhead?.threshold).toBe(MiB);
+    for (let i = 0; i < 3; i++) await be.pwrite(i * 512 * KiB, pattern(512 * KiB, i + 1));
+    await impl.writebackAhead!.settled();
+    // The first MiB has gone to writeback (dirty → writeback/clean); the last 512 KiB waits for the next MiB.
+    const firstMiB = dirtyPages(impl.fd, 0, MiB);
+    if (firstMiB !== null) {
+      expect(firstMiB).toBe(0);
+      expect(dirtyPages(impl.fd, MiB, 512 * KiB)).toBeGreaterThan(0);
+    }
+    const back = new Uint8Array(1536 * KiB);
+    await be.pread(0, back);
+    for (let i = 0; i < 3; i++) expect(back.subarray(i * 512 * KiB, (i + 1) * 512 * KiB).every((b) => b === i + 1)).toBe(true);
+    await be.flush();
+  });
+
+  it('is off by default and with cache.direct=on (nothing is left dirty there), and refuses negative sizes', async () => {
+    const graph = newGraph();
+    graphs.push(graph);
+    const p = path('wb-off');
+    await graph.createImage('file', { filename: p, size: MiB });
+    const plain = await graph.addNode({ driver: 'file', filename: p });
+    expect((plain.impl as unknown as { writebackAhead: unknown }).writebackAhead).toBeNull();
+    await graph.closeNode(plain);
+    const direct = await graph.addNode({ driver: 'file', filename: p, cache: { direct: true }, writebackAhead: MiB });
+    expect((direct.impl as unknown as { writebackAhead: unknown }).writebackAhead).toBeNull();
+    await graph.closeNode(direct);
+    await expect(graph.addNode({ driver: 'file', filename: p, 'writeback-ahead': -1 })).rejects.toMatchObject({
+      code: 'EINVAL',
+      message: "Parameter 'writeback-ahead' must be at least 0",
+    });
+  });
+});

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, read, readSync, writeSync } from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import {
@@ -156,6 +157,48 @@ describeRequiring('native helper', missingHelper, () => {
       await Promise.all(blocked);
       await viaPool;
       await expect(n.fdatasyncAsync!(-1)).rejects.toMatchObject({ code: 'EBADF', syscall: 'fdatasync' });
+    });
+  });
+
+  describe('startWritebackAsync and pageCacheStat', () => {
+    // cachestat(2) arrived in Linux 6.5; before it pageCacheStat throws ENOSYS and only the kick itself is checked.
+    const [major = 0, minor = 0] = release().split('.').map((x) => Number.parseInt(x, 10));
+    const hasCachestat = major > 6 || (major === 6 && minor >= 5);
+
+    it('pageCacheStat counts the cached and dirty pages of a range', () => {
+      const n = native();
+      const fd = open('cachestat.img', 'w+');
+      if (!hasCachestat) {
+        expect(thrown(() => n.pageCacheStat!(fd, 0, 0))).toMatchObject({ code: 'ENOSYS', syscall: 'cachestat' });
+        return;
+      }
+      writeSync(fd, fill(256 * KiB, 0x22), 0, 256 * KiB, 0);
+      const pages = (256 * KiB) / 4096;
+      const all = n.pageCacheStat!(fd, 0, 0);
+      expect(all.cached).toBe(pages);
+      expect(all.dirty + all.writeback).toBe(pages);
+      expect(n.pageCacheStat!(fd, 0, 64 * KiB).cached).toBe(16);
+      expect(n.pageCacheStat!(fd, MiB, 64 * KiB)).toMatchObject({ cached: 0, dirty: 0, writeback: 0 });
+      expect(thrown(() => n.pageCacheStat!(-1, 0, 0))).toMatchObject({ code: 'EBADF', syscall: 'cachestat' });
+      expect(thrown(() => n.pageCacheStat!(fd, -1, 0))).toBeInstanceOf(RangeError);
+    });
+
+    it('starts writeback of the dirty pages in the range only, and settles before they reach the disk', async () => {
+      const n = native();
+      const fd = open('writeback.img', 'w+');
+      writeSync(fd, fill(8 * MiB, 0x33), 0, 8 * MiB, 0);
+      await n.startWritebackAsync!(fd, 0, 4 * MiB);
+      if (hasCachestat) {
+        // Everything in the range has been submitted (dirty → writeback or clean); the rest is untouched.
+        expect(n.pageCacheStat!(fd, 0, 4 * MiB).dirty).toBe(0);
+        expect(n.pageCacheStat!(fd, 4 * MiB, 4 * MiB).dirty).toBe((4 * MiB) / 4096);
+        // length 0 reaches to the end of the file.
+        await n.startWritebackAsync!(fd, 0, 0);
+        expect(n.pageCacheStat!(fd, 0, 0).dirty).toBe(0);
+      }
+      expect(readAt(fd, 8 * MiB - 4, 4)).toEqual(fill(4, 0x33));
+      await expect(n.startWritebackAsync!(-1, 0, 0)).rejects.toMatchObject({ code: 'EBADF', syscall: 'sync_file_range' });
+      expect(thrown(() => n.startWritebackAsync!(fd, 0, -1))).toBeInstanceOf(RangeError);
     });
   });
 

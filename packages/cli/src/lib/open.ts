@@ -60,6 +60,8 @@ export interface OpenSpec {
   copyOnRead?: boolean;
   /** Extra options for the top node (detect-zeroes etc.). */
   options?: Options;
+  /** Extra options for the node of the `file` protocol driver the image sits on (when it sits on one). */
+  fileOptions?: Options;
   /** Don't print the "probing guessed raw" warning. */
   quiet?: boolean;
   /** Backend permissions; default: read (+ write when writable), sharing read, write and write-unchanged. */
@@ -100,11 +102,11 @@ function isProtocol(graph: Graph, name: string): boolean {
   return graph.registry.has(name) && graph.registry.get(name).kind === 'protocol';
 }
 
-function withProtocolDefault(ref: unknown): unknown {
+function withProtocolDefault(ref: unknown, fileOptions: Options | undefined): unknown {
   if (ref && typeof ref === 'object' && !Array.isArray(ref)) {
     const r = { ...(ref as Options) };
     if (r.driver === undefined) r.driver = 'file';
-    return r;
+    return r.driver === 'file' && fileOptions ? { ...r, ...fileOptions } : r;
   }
   return ref;
 }
@@ -142,7 +144,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
   if (driver !== undefined && isProtocol(graph, driver)) {
     // A protocol as the image (-f file, json:{"driver":"file",...}).
     const { file: _f, ...rest } = o;
-    image = await graph.addNode({ ...rest, ...common, ...topExtra });
+    image = await graph.addNode({ ...rest, ...common, ...topExtra, ...(driver === 'file' ? spec.fileOptions : undefined) });
   } else {
     // The storage below: `file` given as options (json/image-opts), a node name, or the plain file name.
     let fileRef: unknown = o.file;
@@ -153,7 +155,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       fileRef = { driver: 'file', filename: rest.filename };
       delete rest.filename;
     }
-    fileRef = withProtocolDefault(fileRef);
+    fileRef = withProtocolDefault(fileRef, spec.fileOptions);
     let fmt = driver;
     let fileNode: BlockNode | undefined;
     if (fmt === undefined) {

@@ -27,11 +27,12 @@
 
 #ifdef __linux__
 #include <linux/falloc.h>
+#include <sys/syscall.h>
 #endif
 
 #include <node_api.h>
 
-#define BLOCKGRAPH_NATIVE_VERSION "1.3.0"
+#define BLOCKGRAPH_NATIVE_VERSION "1.4.0"
 
 /* Offsets arrive as JS numbers; beyond 2^53 they are no longer exact. */
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -434,27 +435,39 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
 
 /* fdatasync() on a thread of its own, not on libuv's pool. A flush can wait for the disk for a long time (behind
  * the writeback of everything else that is dirty), and the pool is sized for copies: a flush there would leave
- * data requests a thread short for as long as it lasts. QEMU's thread pool grows for the same reason. */
+ * data requests a thread short for as long as it lasts. QEMU's thread pool grows for the same reason.
+ * sync_file_range(SYNC_FILE_RANGE_WRITE) runs the same way: it only starts writeback, but submitting it can wait
+ * for the device queue. */
+typedef enum { SIDE_FDATASYNC, SIDE_START_WRITEBACK } SideOp;
+
 typedef struct {
     napi_threadsafe_function tsfn;
     napi_deferred deferred;
+    SideOp op;
     int fd;
+    int64_t offset;
+    int64_t length;
     int err;
-} FlushJob;
+} SideJob;
 
-static void flush_settle(napi_env env, napi_value js_cb, void *context, void *data)
+static const char *side_syscall(SideOp op)
 {
-    FlushJob *job = data;
+    return op == SIDE_FDATASYNC ? "fdatasync" : "sync_file_range";
+}
+
+static void side_settle(napi_env env, napi_value js_cb, void *context, void *data)
+{
+    SideJob *job = data;
     if (env != NULL) {
         if (job->err == 0) {
             napi_value undefined;
             napi_get_undefined(env, &undefined);
             napi_resolve_deferred(env, job->deferred, undefined);
         } else {
-            napi_value error = errno_error(env, job->err, "fdatasync");
+            napi_value error = errno_error(env, job->err, side_syscall(job->op));
             if (error == NULL) {
                 napi_value msg;
-                napi_create_string_utf8(env, "fdatasync failed", NAPI_AUTO_LENGTH, &msg);
+                napi_create_string_utf8(env, "side-thread call failed", NAPI_AUTO_LENGTH, &msg);
                 napi_create_error(env, NULL, msg, &error);
             }
             napi_reject_deferred(env, job->deferred, error);
@@ -463,14 +476,23 @@ static void flush_settle(napi_env env, napi_value js_cb, void *context, void *da
     free(job);
 }
 
-static void *flush_thread(void *arg)
+static void *side_thread(void *arg)
 {
-    FlushJob *job = arg;
-    /* job is freed by flush_settle, possibly before the release below: keep the handle. */
+    SideJob *job = arg;
+    /* job is freed by side_settle, possibly before the release below: keep the handle. */
     napi_threadsafe_function tsfn = job->tsfn;
     int ret;
     do {
-        ret = fdatasync(job->fd);
+        if (job->op == SIDE_FDATASYNC) {
+            ret = fdatasync(job->fd);
+        } else {
+#ifdef __linux__
+            ret = sync_file_range(job->fd, (off_t)job->offset, (off_t)job->length, SYNC_FILE_RANGE_WRITE);
+#else
+            ret = -1;
+            errno = ENOSYS;
+#endif
+        }
     } while (ret < 0 && errno == EINTR);
     job->err = ret < 0 ? errno : 0;
     napi_call_threadsafe_function(tsfn, job, napi_tsfn_blocking);
@@ -478,24 +500,15 @@ static void *flush_thread(void *arg)
     return NULL;
 }
 
-static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
+static napi_value start_side_job(napi_env env, SideJob *job)
 {
-    napi_value argv[1];
-    int fd;
-    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
-    FlushJob *job = calloc(1, sizeof(*job));
-    if (job == NULL) {
-        throw_errno(env, ENOMEM, "fdatasync");
-        return NULL;
-    }
-    job->fd = fd;
     napi_value promise, name;
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-        napi_create_string_utf8(env, "blockgraph:fdatasync", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, flush_settle,
+        napi_create_string_utf8(env, "blockgraph:side-thread", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, side_settle,
                                         &job->tsfn) != napi_ok) {
         free(job);
-        napi_throw_error(env, NULL, "blockgraph_native: could not start fdatasync");
+        napi_throw_error(env, NULL, "blockgraph_native: could not start a side thread");
         return NULL;
     }
     pthread_attr_t attr;
@@ -504,18 +517,119 @@ static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
     if (err == 0) {
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_attr_setstacksize(&attr, 64 * 1024);
-        err = pthread_create(&thread, &attr, flush_thread, job);
+        err = pthread_create(&thread, &attr, side_thread, job);
         pthread_attr_destroy(&attr);
     }
     if (err != 0) {
         /* The promise stays pending forever if we returned it: settle it here instead. */
-        job->err = err;
         napi_release_threadsafe_function(job->tsfn, napi_tsfn_abort);
         napi_value error = errno_error(env, err, "pthread_create");
         napi_reject_deferred(env, job->deferred, error);
         free(job);
     }
     return promise;
+}
+
+static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
+{
+    napi_value argv[1];
+    int fd;
+    if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+    SideJob *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        throw_errno(env, ENOMEM, "fdatasync");
+        return NULL;
+    }
+    job->op = SIDE_FDATASYNC;
+    job->fd = fd;
+    return start_side_job(env, job);
+}
+
+static napi_value do_start_writeback_async(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    int fd;
+    int64_t offset, length;
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) ||
+        !get_integer(env, argv[1], "offset", &offset) || !get_integer(env, argv[2], "length", &length)) {
+        return NULL;
+    }
+    if (offset < 0 || length < 0) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must not be negative");
+        return NULL;
+    }
+    SideJob *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        throw_errno(env, ENOMEM, "sync_file_range");
+        return NULL;
+    }
+    job->op = SIDE_START_WRITEBACK;
+    job->fd = fd;
+    job->offset = offset;
+    job->length = length;
+    return start_side_job(env, job);
+}
+
+/* cachestat(2) (Linux 6.5+): how many pages of a file range are in the page cache, dirty, under writeback.
+ * glibc has no wrapper yet, so it goes through syscall(); the number is the same on every architecture. */
+#if defined(__linux__) && !defined(__NR_cachestat)
+#define __NR_cachestat 451
+#endif
+
+struct bg_cachestat_range {
+    uint64_t off;
+    uint64_t len;
+};
+
+struct bg_cachestat {
+    uint64_t nr_cache;
+    uint64_t nr_dirty;
+    uint64_t nr_writeback;
+    uint64_t nr_evicted;
+    uint64_t nr_recently_evicted;
+};
+
+static bool set_count(napi_env env, napi_value obj, const char *name, uint64_t value)
+{
+    napi_value v;
+    return napi_create_double(env, (double)value, &v) == napi_ok &&
+           napi_set_named_property(env, obj, name, v) == napi_ok;
+}
+
+static napi_value page_cache_stat(napi_env env, napi_callback_info info)
+{
+    napi_value argv[3];
+    int fd;
+    int64_t offset, length;
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) ||
+        !get_integer(env, argv[1], "offset", &offset) || !get_integer(env, argv[2], "length", &length)) {
+        return NULL;
+    }
+    if (offset < 0 || length < 0) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must not be negative");
+        return NULL;
+    }
+#ifdef __linux__
+    struct bg_cachestat_range range = {(uint64_t)offset, (uint64_t)length};
+    struct bg_cachestat cs;
+    memset(&cs, 0, sizeof(cs));
+    if (syscall(__NR_cachestat, (unsigned int)fd, &range, &cs, 0u) < 0) {
+        throw_errno(env, errno, "cachestat");
+        return NULL;
+    }
+    napi_value result;
+    if (napi_create_object(env, &result) != napi_ok || !set_count(env, result, "cached", cs.nr_cache) ||
+        !set_count(env, result, "dirty", cs.nr_dirty) || !set_count(env, result, "writeback", cs.nr_writeback) ||
+        !set_count(env, result, "evicted", cs.nr_evicted) ||
+        !set_count(env, result, "recentlyEvicted", cs.nr_recently_evicted)) {
+        napi_throw_error(env, NULL, "blockgraph_native: could not build the cachestat result");
+        return NULL;
+    }
+    return result;
+#else
+    throw_errno(env, ENOSYS, "cachestat");
+    return NULL;
+#endif
 }
 
 static napi_value ofd_lock(napi_env env, napi_callback_info info)
@@ -752,6 +866,8 @@ NAPI_MODULE_INIT()
               export_function(env, exports, "fallocate", do_fallocate) &&
               export_function(env, exports, "fallocateAsync", do_fallocate_async) &&
               export_function(env, exports, "fdatasyncAsync", do_fdatasync_async) &&
+              export_function(env, exports, "startWritebackAsync", do_start_writeback_async) &&
+              export_function(env, exports, "pageCacheStat", page_cache_stat) &&
               export_function(env, exports, "ofdLock", ofd_lock) &&
               export_function(env, exports, "ofdTest", ofd_test) &&
               export_function(env, exports, "lockKind", get_lock_kind) &&

@@ -43,6 +43,15 @@ export interface NativeError extends Error {
   description: string;
 }
 
+/** cachestat(2)'s counts, in pages. */
+export interface PageCacheStat {
+  cached: number;
+  dirty: number;
+  writeback: number;
+  evicted: number;
+  recentlyEvicted: number;
+}
+
 export interface NativeHelper {
   readonly version: string;
   /** fallocate mode bits from linux/falloc.h; mode 0 preallocates (and may extend the file). */
@@ -63,6 +72,16 @@ export interface NativeHelper {
    * for long, and would hold a pool thread that data requests need meanwhile.
    */
   fdatasyncAsync?(fd: number): Promise<void>;
+  /**
+   * sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) on a thread of its own (helpers since 1.4): starts
+   * writeback of the dirty pages in the range without waiting for it. length 0 means to the end of the file.
+   */
+  startWritebackAsync?(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * cachestat(2) (Linux 6.5+; helpers since 1.4): pages of the range that are in the page cache, dirty and under
+   * writeback. length 0 means to the end of the file. Throws ENOSYS on older kernels.
+   */
+  pageCacheStat?(fd: number, offset: number, length: number): PageCacheStat;
   /**
    * Non-blocking byte-range lock (F_OFD_SETLK, or F_SETLK when the kernel lacks OFD locks). A conflict
    * throws with code 'EAGAIN' or 'EACCES'.
