@@ -1,7 +1,7 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: ['src/index.ts', 'src/node/index.ts'],
+  entry: ['src/index.ts', 'src/node/index.ts', 'src/codecs/index.ts', 'src/node/codecs.ts'],
   format: ['esm'],
   dts: { compilerOptions: { composite: false } },
   sourcemap: true,

@@ -66,8 +66,7 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   s.makeCaches(cacheIO(s));
   await loadSnapshots(s, (options.overlapCheck & OVERLAP_ALL) === OVERLAP_ALL);
 
-  const table = await codecs();
-  s.codec = table[header.compressionType] ?? null;
+  s.loadCodecs = codecs;
 
   const inst = new Qcow2Instance(s, o);
   const bm = header.extensions.bitmaps;

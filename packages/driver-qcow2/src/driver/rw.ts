@@ -66,10 +66,7 @@ async function settle(ps: Promise<void>[]): Promise<void> {
 }
 
 async function readCompressed(s: Qcow2State, hi: number, lo: number, offset: number, bytes: number, qiov: IOVector): Promise<void> {
-  const codec = s.codec;
-  if (!codec) {
-    throw new BlockError('ENOTSUP', `qcow2: no codec for compression type ${s.header.compressionType} was provided`);
-  }
+  const codec = await s.codec();
   const coff = compressedHostOffset(hi, lo, s.g);
   const clen = compressedReadLength(hi, lo, s.g);
   if (coff >= s.fileLength) {
@@ -422,8 +419,7 @@ export async function pdiscard(s: Qcow2State, offset: number, bytes: number): Pr
 
 async function compressedCluster(s: Qcow2State, offset: number, bytes: number, data: IOVector): Promise<void> {
   const cs = s.clusterSize;
-  const codec = s.codec;
-  if (!codec) throw new BlockError('ENOTSUP', `qcow2: no codec for compression type ${s.header.compressionType} was provided`);
+  const codec = await s.codec();
   const buf = new Uint8Array(cs);
   data.copyTo(buf, 0, bytes);
   const out = codec.compress(buf, cs - 1);

@@ -7,7 +7,7 @@ import {
   type Child,
   type Graph,
 } from '@blockgraph/block-core';
-import type { CompressionCodec } from '../codec.js';
+import type { CodecTable, CompressionCodec } from '../codec.js';
 import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
@@ -119,7 +119,12 @@ export class Qcow2State {
   inactiveL2: number[] | null = null;
 
   metadataPreallocation: boolean | null = null;
-  codec: CompressionCodec | null = null;
+  /**
+   * Where the compression codecs come from (the driver's table, loaded once per process on first need). Nothing
+   * is loaded at open: most images have no compressed cluster, and loading zstd's WebAssembly costs ~30 ms.
+   */
+  loadCodecs: () => Promise<CodecTable> = () => Promise.resolve({});
+  private codecCache: CompressionCodec | null = null;
   cleanTimer: ReturnType<typeof setInterval> | null = null;
 
   constructor(
@@ -232,6 +237,18 @@ export class Qcow2State {
   }
 
   /** The request path refuses to run on an image marked corrupt at runtime. */
+  /** The codec for this image's compression type; ENOTSUP when the driver was given none for it. */
+  async codec(): Promise<CompressionCodec> {
+    if (this.codecCache) return this.codecCache;
+    const table = await this.loadCodecs();
+    const codec = table[this.header.compressionType];
+    if (!codec) {
+      throw new BlockError('ENOTSUP', `qcow2: no codec for compression type ${this.header.compressionType} was provided`);
+    }
+    this.codecCache = codec;
+    return codec;
+  }
+
   checkUsable(): void {
     if (this.broken) throw this.broken;
   }

@@ -65,4 +65,37 @@ describe('package API', () => {
       w.cleanup();
     }
   });
+  test('codecs load on the first compressed cluster, not at open', async () => {
+    const w = new Workdir();
+    try {
+      const real = await nodeEntry.nodeCodecs();
+      let loads = 0;
+      const driver = neutral.createQcow2Driver({
+        codecs: () => {
+          loads++;
+          return Promise.resolve({ 0: real[0]! });
+        },
+      });
+      const graph = new Graph({ drivers: [...allRawDrivers, driver] });
+      await graph.createImage('qcow2', { filename: w.path('z.qcow2'), size: '1M' });
+      await graph.createImage('qcow2', { filename: w.path('s.qcow2'), size: '1M', compression_type: 'zstd' });
+      const zlib = graph.backend(await graph.addNode({ driver: 'qcow2', file: { driver: 'file', filename: w.path('z.qcow2') } }));
+      const zstd = graph.backend(await graph.addNode({ driver: 'qcow2', file: { driver: 'file', filename: w.path('s.qcow2') } }));
+      await zlib.pwrite(0, new Uint8Array(4096).fill(1));
+      expect((await zlib.read(0, 4096)).every((x) => x === 1)).toBe(true);
+      expect(loads).toBe(0);
+      await zlib.pwritevCompressed(65536, 65536, IOVector.of(new Uint8Array(65536).fill(0x42)));
+      expect((await zlib.read(65536, 65536)).every((x) => x === 0x42)).toBe(true);
+      expect(loads).toBe(1);
+      // A table without the image's type: the error comes with the first compressed cluster, and names the type.
+      await expect(zstd.pwritevCompressed(0, 65536, IOVector.of(new Uint8Array(65536).fill(7)))).rejects.toMatchObject({
+        code: 'ENOTSUP',
+        message: 'qcow2: no codec for compression type 1 was provided',
+      });
+      expect(loads).toBe(1);
+      await graph.close();
+    } finally {
+      w.cleanup();
+    }
+  });
 });
