@@ -9,7 +9,7 @@ import {
   type BlockLimits,
   type DriverCapabilities,
 } from './spec.js';
-import type { TrackedRequest } from './tracked.js';
+import { TrackedList } from './tracked.js';
 import { DirtyBitmap, type DirtyBitmapOptions } from './bitmap.js';
 import { WaitQueue } from './wait-queue.js';
 import type { Options } from './options.js';
@@ -54,7 +54,7 @@ export class BlockNode implements ChildParent {
   supportedWriteFlags = 0;
   supportedZeroFlags = 0;
 
-  readonly tracked = new Set<TrackedRequest>();
+  readonly tracked = new TrackedList();
   serialisingInFlight = 0;
   inFlight = 0;
   quiesceCounter = 0;

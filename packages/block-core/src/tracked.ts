@@ -14,6 +14,9 @@ export class TrackedRequest {
   overlapOffset: number;
   overlapBytes: number;
   waitingFor: TrackedRequest | null = null;
+  /** Neighbours in the node's {@link TrackedList}. */
+  prev: TrackedRequest | null = null;
+  next: TrackedRequest | null = null;
   /** A write, discard or truncate that may change what readers see (not WRITE_UNCHANGED). */
   changesData = false;
   private queue: WaitQueue | null = null;
@@ -40,6 +43,45 @@ export class TrackedRequest {
 
   wake(): void {
     this.queue?.wakeAll();
+  }
+}
+
+/**
+ * The requests in flight on a node, oldest first: an intrusive doubly linked list. A Set did the same job, but its
+ * hash table is rebuilt every few dozen add/delete pairs, and under a high request rate those tables outlived minor
+ * GCs and piled up in the old generation (about 10 MiB over 100000 cache-hit reads). Linking allocates nothing.
+ */
+export class TrackedList implements Iterable<TrackedRequest> {
+  private head: TrackedRequest | null = null;
+  private tail: TrackedRequest | null = null;
+  size = 0;
+
+  add(req: TrackedRequest): void {
+    req.prev = this.tail;
+    req.next = null;
+    if (this.tail) this.tail.next = req;
+    else this.head = req;
+    this.tail = req;
+    this.size++;
+  }
+
+  delete(req: TrackedRequest): void {
+    if (req.prev) req.prev.next = req.next;
+    else if (this.head === req) this.head = req.next;
+    else return; // not in the list
+    if (req.next) req.next.prev = req.prev;
+    else this.tail = req.prev;
+    req.prev = null;
+    req.next = null;
+    this.size--;
+  }
+
+  *[Symbol.iterator](): Iterator<TrackedRequest> {
+    for (let r = this.head; r; ) {
+      const next = r.next;
+      yield r;
+      r = next;
+    }
   }
 }
 

@@ -11,12 +11,12 @@ import { createProgress } from '../lib/progress.js';
 import { imgCreate } from './create.js';
 
 const SYNC_MODES = ['full', 'top', 'none'] as const;
+const COPY_MODES = ['background', 'write-blocking', 'read-write-blocking'] as const;
 /**
  * The target file starts writeback after every 16 MiB copied (the file driver's writeback-ahead): the job flushes
  * the target before READY, and that flush then waits for the last few MiB instead of everything copied so far.
  */
 const TARGET_WRITEBACK_AHEAD = 16 * 1024 * 1024;
-const COPY_MODES = ['background', 'write-blocking', 'read-write-blocking'] as const;
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const { options, operands } = parseArgs(argv, ':f:O:nphq', [

@@ -3,9 +3,11 @@
  * SEEK_DATA/SEEK_HOLE for block status, fallocate for preallocation, discard
  * and write-zeroes, and byte-range locks for QEMU's image-locking protocol.
  *
- * Every function is synchronous and cheap (a single system call), so there is
- * no thread-pool round trip. Failures throw an Error whose `code` is the errno
- * name, the same shape as Node's own fs errors.
+ * Most functions are synchronous and cheap (a single system call), so there is
+ * no thread-pool round trip; the *Async ones wait for the disk and run on a
+ * thread (fallocate on libuv's pool, fdatasync and sync_file_range on threads
+ * of their own). Failures throw an Error (or reject with one) whose `code` is
+ * the errno name, the same shape as Node's own fs errors. Also: cachestat(2).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
