@@ -55,24 +55,46 @@ export class L2Meta {
  */
 export class IoTickets {
   private seq = 0;
-  private readonly active = new Set<number>();
+  /**
+   * Which tickets since `oldest` are still out: a ring of flags indexed by ticket number. A Set of numbers did
+   * this before, but its hash table is rebuilt every few dozen requests, and at high request rates those tables
+   * outlived minor GCs and filled the old generation. The ring allocates only when it grows.
+   */
+  private open = new Uint8Array(64);
+  /** The oldest ticket that may still be out (every older one has been returned). */
+  private oldest = 1;
+  private outstanding = 0;
   private readonly held: { seq: number; cluster: number }[] = [];
   /** Cluster indexes the allocator must skip. */
   readonly quarantined = new Set<number>();
 
   enter(): number {
     const t = ++this.seq;
-    this.active.add(t);
+    if (t - this.oldest >= this.open.length) this.grow();
+    this.open[t & (this.open.length - 1)] = 1;
+    this.outstanding++;
     return t;
   }
 
   leave(ticket: number): void {
-    this.active.delete(ticket);
+    const mask = this.open.length - 1;
+    if (ticket < this.oldest || ticket > this.seq || !this.open[ticket & mask]) return;
+    this.open[ticket & mask] = 0;
+    this.outstanding--;
+    while (this.oldest <= this.seq && !this.open[this.oldest & mask]) this.oldest++;
+  }
+
+  /** Double the ring, keeping the flags of the tickets from `oldest` on. */
+  private grow(): void {
+    const old = this.open;
+    const next = new Uint8Array(old.length * 2);
+    for (let t = this.oldest; t <= this.seq; t++) next[t & (next.length - 1)] = old[t & (old.length - 1)]!;
+    this.open = next;
   }
 
   /** A cluster's refcount dropped to 0: hold it if older I/O may still use it. */
   hold(cluster: number): void {
-    if (this.active.size === 0) return;
+    if (this.outstanding === 0) return;
     this.held.push({ seq: this.seq, cluster });
     this.quarantined.add(cluster);
   }
@@ -80,11 +102,7 @@ export class IoTickets {
   /** Release what no in-flight I/O can touch any more; returns the lowest released cluster index or -1. */
   release(): number {
     if (this.held.length === 0) return -1;
-    let minActive = Infinity;
-    for (const t of this.active) {
-      minActive = t;
-      break;
-    }
+    const minActive = this.outstanding ? this.oldest : Infinity;
     let lowest = -1;
     let n = 0;
     while (n < this.held.length && this.held[n]!.seq < minActive) {

@@ -1,0 +1,53 @@
+/** IoTickets: freed clusters stay quarantined until every data request older than the free has finished. */
+import { describe, expect, it } from 'vitest';
+import { IoTickets } from '../../src/driver/inflight.js';
+
+describe('IoTickets', () => {
+  it('releases a held cluster only when every ticket taken before the hold is back', () => {
+    const t = new IoTickets();
+    const a = t.enter();
+    const b = t.enter();
+    t.hold(7);
+    const c = t.enter(); // after the hold: does not keep cluster 7
+    expect(t.quarantined.has(7)).toBe(true);
+    t.leave(b);
+    expect(t.release()).toBe(-1);
+    t.leave(a);
+    expect(t.release()).toBe(7);
+    expect(t.quarantined.has(7)).toBe(false);
+    t.hold(9);
+    expect(t.release()).toBe(-1);
+    t.leave(c);
+    expect(t.release()).toBe(9);
+  });
+
+  it('holds nothing when no request is in flight, and ignores tickets returned twice or never taken', () => {
+    const t = new IoTickets();
+    t.hold(3);
+    expect(t.quarantined.size).toBe(0);
+    const a = t.enter();
+    t.leave(a);
+    t.leave(a);
+    t.leave(12345);
+    t.hold(4);
+    expect(t.quarantined.size).toBe(0);
+  });
+
+  it('keeps track of thousands of tickets out at once, returned in any order', () => {
+    const t = new IoTickets();
+    const first = t.enter();
+    const out: number[] = [];
+    for (let i = 0; i < 5000; i++) out.push(t.enter());
+    t.hold(1);
+    const late = t.enter();
+    // Return everything but the first, in a scrambled order: the oldest ticket still blocks the release.
+    for (let i = 0; i < out.length; i++) t.leave(out[(i * 2654435761) % out.length]!);
+    for (const x of out) t.leave(x);
+    expect(t.release()).toBe(-1);
+    t.leave(first);
+    expect(t.release()).toBe(1);
+    t.hold(2);
+    t.leave(late);
+    expect(t.release()).toBe(2);
+  });
+});
