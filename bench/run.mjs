@@ -175,10 +175,14 @@ async function main() {
         e.push(runOnce(ref, w, paths));
       }
       const r = { w, q, b, f, e, qm: median(q), bm: median(b), fm: median(f), em: median(e) };
-      r.budget = r.fm + (w.cacheBytes + w.slackBytes) / MiB;
-      r.ok = r.bm <= r.budget;
+      // Peak RSS varies by several MiB from run to run with the timing of V8's major GCs (the fixed-overhead runs
+      // fall into two groups about 8 MiB apart), so the verdict compares highest run with highest run.
+      r.fmax = Math.max(...f);
+      r.bmax = Math.max(...b);
+      r.budget = r.fmax + (w.cacheBytes + w.slackBytes) / MiB;
+      r.ok = r.bmax <= r.budget;
       memoryResults.push(r);
-      log(`${w.id.padEnd(24)} peak RSS qemu ${r.qm.toFixed(1)} MiB  blockgraph ${r.bm.toFixed(1)} MiB (fixed overhead ${r.fm.toFixed(1)} + caches ${(w.cacheBytes / MiB).toFixed(2)} + slack ${(w.slackBytes / MiB).toFixed(0)} = budget ${r.budget.toFixed(1)} MiB) ${r.ok ? 'within budget' : 'OVER BUDGET'}; empty image ${r.em.toFixed(1)} MiB  [q: ${q.map((x) => x.toFixed(1)).join(' ')}] [b: ${b.map((x) => x.toFixed(1)).join(' ')}] [fixed: ${f.map((x) => x.toFixed(1)).join(' ')}]`);
+      log(`${w.id.padEnd(24)} peak RSS qemu ${r.qm.toFixed(1)} MiB  blockgraph ${r.bm.toFixed(1)} MiB, highest ${r.bmax.toFixed(1)} (highest fixed overhead ${r.fmax.toFixed(1)} + caches ${(w.cacheBytes / MiB).toFixed(2)} + slack ${(w.slackBytes / MiB).toFixed(0)} = budget ${r.budget.toFixed(1)} MiB) ${r.ok ? 'within budget' : 'OVER BUDGET'}; empty image ${r.em.toFixed(1)} MiB  [q: ${q.map((x) => x.toFixed(1)).join(' ')}] [b: ${b.map((x) => x.toFixed(1)).join(' ')}] [fixed: ${f.map((x) => x.toFixed(1)).join(' ')}]`);
     }
     if (latency) {
       log(`${LATENCY}: guest 4 KiB write latency, write-blocking mirror (${opts.latencyReps} repetitions)`);
@@ -274,18 +278,20 @@ function renderMemory(memoryResults) {
   return [
     '## Peak memory',
     '',
-    'Peak resident set size of the whole process (GNU time `%M`), median of the runs. **fixed overhead**: blockgraph on',
-    'the same command and image with the L2 cache cut to 16 KiB, so that every read still misses and does the same',
-    'I/O: Node.js, code, request buffers and the garbage-collector headroom of that request rate, nothing that depends',
-    "on the disk size. **budget** = fixed overhead + the configured qcow2 metadata caches (the sizes QEMU's and our",
-    "read_cache_sizes() choose) + slack for run-to-run variation; **verdict**: blockgraph's peak ≤ budget. **empty",
-    "image**: blockgraph on an empty 1 GiB image (nothing is read from the file: Node.js and code alone).",
+    'Peak resident set size of the whole process (GNU time `%M`), median of the runs (the highest run in brackets).',
+    '**fixed overhead**: blockgraph on the same command and image with the L2 cache cut to 16 KiB, so that every read',
+    'still misses and does the same I/O: Node.js, code, request buffers and the garbage-collector headroom of that',
+    "request rate, nothing that depends on the disk size. **budget** = the highest fixed-overhead run + the configured",
+    "qcow2 metadata caches (the sizes QEMU's and our read_cache_sizes() choose) + slack; **verdict**: blockgraph's",
+    "highest run ≤ budget. Highest against highest because a run's peak moves by several MiB with the timing of V8's",
+    'major garbage collections. **empty image**: blockgraph on an empty 1 GiB image (nothing is read from the file:',
+    'Node.js and code alone).',
     '',
     '| workload | QEMU (MiB) | blockgraph (MiB) | fixed overhead (MiB) | caches (MiB) | slack (MiB) | budget (MiB) | verdict | empty image (MiB) | all runs QEMU / blockgraph / fixed (MiB) |',
     '|---|---:|---:|---:|---|---:|---:|---|---:|---|',
     ...memoryResults.map(
       (r) =>
-        `| ${r.w.id} | ${r.qm.toFixed(1)} | ${r.bm.toFixed(1)} | ${r.fm.toFixed(1)} | ${(r.w.cacheBytes / MiB).toFixed(2)} (${r.w.cacheNote}) | ${(r.w.slackBytes / MiB).toFixed(0)} | ${r.budget.toFixed(1)} | ${r.ok ? 'met' : '**missed**'} | ${r.em.toFixed(1)} | ${mib(r.q)} / ${mib(r.b)} / ${mib(r.f)} |`,
+        `| ${r.w.id} | ${r.qm.toFixed(1)} | ${r.bm.toFixed(1)} (${r.bmax.toFixed(1)}) | ${r.fm.toFixed(1)} (${r.fmax.toFixed(1)}) | ${(r.w.cacheBytes / MiB).toFixed(2)} (${r.w.cacheNote}) | ${(r.w.slackBytes / MiB).toFixed(0)} | ${r.budget.toFixed(1)} | ${r.ok ? 'met' : '**missed**'} | ${r.em.toFixed(1)} | ${mib(r.q)} / ${mib(r.b)} / ${mib(r.f)} |`,
     ),
     '',
   ];

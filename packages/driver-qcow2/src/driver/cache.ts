@@ -1,4 +1,5 @@
 import { BlockError } from '@blockgraph/block-core';
+import { OffsetMap } from './offset-map.js';
 
 /**
  * A write-back metadata cache: L2 table slices or refcount blocks (QEMU's qcow2-cache.c, imago's metadata
@@ -39,7 +40,7 @@ export class CacheEntry {
 }
 
 export class MetaCache {
-  private readonly map = new Map<number, CacheEntry>();
+  private readonly map = new OffsetMap<CacheEntry>();
   private readonly entries: CacheEntry[] = [];
   private lruCounter = 0;
   /** lruCounter at the last clean tick: entries not used since are dropped by clean(). */
@@ -244,7 +245,10 @@ export class MetaCache {
     if (this.map.size === 0) return;
     const end = offset + bytes;
     if (this.map.size < (bytes / this.tableSize) * 2) {
-      for (const [o, e] of this.map) if (o >= offset && o < end) this.dropEntry(e);
+      // Collect first: dropping moves entries around inside the map.
+      const inRange: CacheEntry[] = [];
+      for (const [o, e] of this.map.entries()) if (o >= offset && o < end) inRange.push(e);
+      for (const e of inRange) this.dropEntry(e);
     } else {
       for (let o = offset; o < end; o += this.tableSize) {
         const e = this.map.get(o);
