@@ -3,8 +3,7 @@
  * (wrapping at the end of the image), reads or -w writes, a flush every --flush-interval writes (draining the
  * queue first unless --no-drain).
  */
-import { IOVector, ReqFlag, STRERROR, isBlockError, type BlockBackend } from '@blockgraph/block-core';
-import { allocAlignedBuffer } from '@blockgraph/driver-raw';
+import { IOVector, ReqFlag, STRERROR, allocAlignedBuffer, isBlockError, type BlockBackend } from '@blockgraph/block-core';
 import { cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, parseArgs } from '../lib/args.js';
 import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph, type CacheMode } from '../lib/open.js';

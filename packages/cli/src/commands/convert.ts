@@ -10,6 +10,7 @@ import {
   IOVector,
   ReqFlag,
   STRERROR,
+  allocAlignedBuffer,
   blockStatusAbove,
   isBlockError,
   type BlockBackend,
@@ -17,7 +18,6 @@ import {
   type BlockNode,
   type Graph,
 } from '@blockgraph/block-core';
-import { allocAlignedBuffer } from '@blockgraph/driver-raw';
 import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, type Ctx } from '../lib/context.js';
 import { blockOptionHelp, createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';

@@ -236,7 +236,6 @@ export class Qcow2State {
     if (traceEnabled()) trace(`qcow2.${event}`, { node: this.node.nodeName, ...data });
   }
 
-  /** The request path refuses to run on an image marked corrupt at runtime. */
   /** The codec for this image's compression type; ENOTSUP when the driver was given none for it. */
   async codec(): Promise<CompressionCodec> {
     if (this.codecCache) return this.codecCache;
@@ -249,6 +248,7 @@ export class Qcow2State {
     return codec;
   }
 
+  /** The request path refuses to run on an image marked corrupt at runtime. */
   checkUsable(): void {
     if (this.broken) throw this.broken;
   }

@@ -355,6 +355,40 @@ static bool get_lock_args(napi_env env, napi_callback_info info, bool allow_unlo
 
 /* fallocate() on the thread pool: hole punching and zeroing can wait for the file system (inode locks held
  * by writes in flight, page cache writeback), and must not hold up the event loop meanwhile. */
+/* Settle a promise from a background system call: resolve on err 0, else reject with the errno error (or a plain
+ * Error naming the call when even that cannot be built). */
+static void settle_errno(napi_env env, napi_deferred deferred, int err, const char *syscall)
+{
+    if (err == 0) {
+        napi_value undefined;
+        napi_get_undefined(env, &undefined);
+        napi_resolve_deferred(env, deferred, undefined);
+        return;
+    }
+    napi_value error = errno_error(env, err, syscall);
+    if (error == NULL) {
+        napi_value msg;
+        napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &msg);
+        napi_create_error(env, NULL, msg, &error);
+    }
+    napi_reject_deferred(env, deferred, error);
+}
+
+/* Arguments (fd, offset, length) with offset and length not negative. */
+static bool get_fd_range(napi_env env, napi_callback_info info, int *fd, int64_t *offset, int64_t *length)
+{
+    napi_value argv[3];
+    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], fd) ||
+        !get_integer(env, argv[1], "offset", offset) || !get_integer(env, argv[2], "length", length)) {
+        return false;
+    }
+    if (*offset < 0 || *length < 0) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must not be negative");
+        return false;
+    }
+    return true;
+}
+
 typedef struct {
     napi_async_work work;
     napi_deferred deferred;
@@ -382,19 +416,7 @@ static void fallocate_execute(napi_env env, void *data)
 static void fallocate_complete(napi_env env, napi_status status, void *data)
 {
     FallocateJob *job = data;
-    if (status == napi_ok && job->err == 0) {
-        napi_value undefined;
-        napi_get_undefined(env, &undefined);
-        napi_resolve_deferred(env, job->deferred, undefined);
-    } else {
-        napi_value error = errno_error(env, job->err ? job->err : EIO, "fallocate");
-        if (error == NULL) {
-            napi_value msg;
-            napi_create_string_utf8(env, "fallocate failed", NAPI_AUTO_LENGTH, &msg);
-            napi_create_error(env, NULL, msg, &error);
-        }
-        napi_reject_deferred(env, job->deferred, error);
-    }
+    settle_errno(env, job->deferred, status == napi_ok ? job->err : (job->err ? job->err : EIO), "fallocate");
     napi_delete_async_work(env, job->work);
     free(job);
 }
@@ -460,21 +482,7 @@ static const char *side_syscall(SideOp op)
 static void side_settle(napi_env env, napi_value js_cb, void *context, void *data)
 {
     SideJob *job = data;
-    if (env != NULL) {
-        if (job->err == 0) {
-            napi_value undefined;
-            napi_get_undefined(env, &undefined);
-            napi_resolve_deferred(env, job->deferred, undefined);
-        } else {
-            napi_value error = errno_error(env, job->err, side_syscall(job->op));
-            if (error == NULL) {
-                napi_value msg;
-                napi_create_string_utf8(env, "side-thread call failed", NAPI_AUTO_LENGTH, &msg);
-                napi_create_error(env, NULL, msg, &error);
-            }
-            napi_reject_deferred(env, job->deferred, error);
-        }
-    }
+    if (env != NULL) settle_errno(env, job->deferred, job->err, side_syscall(job->op));
     free(job);
 }
 
@@ -502,8 +510,17 @@ static void *side_thread(void *arg)
     return NULL;
 }
 
-static napi_value start_side_job(napi_env env, SideJob *job)
+static napi_value start_side_job(napi_env env, SideOp op, int fd, int64_t offset, int64_t length)
 {
+    SideJob *job = calloc(1, sizeof(*job));
+    if (job == NULL) {
+        throw_errno(env, ENOMEM, side_syscall(op));
+        return NULL;
+    }
+    job->op = op;
+    job->fd = fd;
+    job->offset = offset;
+    job->length = length;
     napi_value promise, name;
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
         napi_create_string_utf8(env, "blockgraph:side-thread", NAPI_AUTO_LENGTH, &name) != napi_ok ||
@@ -537,39 +554,15 @@ static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
     napi_value argv[1];
     int fd;
     if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
-    SideJob *job = calloc(1, sizeof(*job));
-    if (job == NULL) {
-        throw_errno(env, ENOMEM, "fdatasync");
-        return NULL;
-    }
-    job->op = SIDE_FDATASYNC;
-    job->fd = fd;
-    return start_side_job(env, job);
+    return start_side_job(env, SIDE_FDATASYNC, fd, 0, 0);
 }
 
 static napi_value do_start_writeback_async(napi_env env, napi_callback_info info)
 {
-    napi_value argv[3];
     int fd;
     int64_t offset, length;
-    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) ||
-        !get_integer(env, argv[1], "offset", &offset) || !get_integer(env, argv[2], "length", &length)) {
-        return NULL;
-    }
-    if (offset < 0 || length < 0) {
-        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must not be negative");
-        return NULL;
-    }
-    SideJob *job = calloc(1, sizeof(*job));
-    if (job == NULL) {
-        throw_errno(env, ENOMEM, "sync_file_range");
-        return NULL;
-    }
-    job->op = SIDE_START_WRITEBACK;
-    job->fd = fd;
-    job->offset = offset;
-    job->length = length;
-    return start_side_job(env, job);
+    if (!get_fd_range(env, info, &fd, &offset, &length)) return NULL;
+    return start_side_job(env, SIDE_START_WRITEBACK, fd, offset, length);
 }
 
 /* cachestat(2) (Linux 6.5+): how many pages of a file range are in the page cache, dirty, under writeback.
@@ -600,17 +593,9 @@ static bool set_count(napi_env env, napi_value obj, const char *name, uint64_t v
 
 static napi_value page_cache_stat(napi_env env, napi_callback_info info)
 {
-    napi_value argv[3];
     int fd;
     int64_t offset, length;
-    if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) ||
-        !get_integer(env, argv[1], "offset", &offset) || !get_integer(env, argv[2], "length", &length)) {
-        return NULL;
-    }
-    if (offset < 0 || length < 0) {
-        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offset and length must not be negative");
-        return NULL;
-    }
+    if (!get_fd_range(env, info, &fd, &offset, &length)) return NULL;
 #ifdef __linux__
     struct bg_cachestat_range range = {(uint64_t)offset, (uint64_t)length};
     struct bg_cachestat cs;
