@@ -49,6 +49,13 @@ export class MetaCache {
   depends: MetaCache | null = null;
   /** The file must be flushed before any dirty entry of this cache is written. */
   dependsOnFlush = false;
+  /** Number of write-back passes (write(), flush()) started so far; pass number n is the n-th. */
+  writesStarted = 0;
+  /**
+   * The number of the latest write-back pass that completed without error: everything dirty when it started is
+   * in the file (not necessarily stable yet).
+   */
+  writtenThrough = 0;
 
   constructor(
     readonly name: 'L2' | 'refcount',
@@ -196,6 +203,7 @@ export class MetaCache {
 
   /** qcow2_cache_write(): write every dirty entry. */
   async write(): Promise<void> {
+    const n = ++this.writesStarted;
     let err: unknown;
     for (const e of [...this.entries]) {
       try {
@@ -205,6 +213,7 @@ export class MetaCache {
       }
     }
     if (err !== undefined) throw err;
+    if (n > this.writtenThrough) this.writtenThrough = n;
   }
 
   /** qcow2_cache_flush(): write every dirty entry, then flush the file. */

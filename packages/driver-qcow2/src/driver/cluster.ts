@@ -705,7 +705,7 @@ export async function linkL2(s: Qcow2State, m: L2Meta): Promise<void> {
   } finally {
     s.l2Cache.put(slice);
   }
-  if (!m.keepOld) for (const o of old) await freeAnyCluster(s, o.hi, o.lo, DiscardType.NEVER);
+  if (!m.keepOld) for (const o of old) await freeAnyCluster(s, o.hi, o.lo, DiscardType.NEVER, true);
 }
 
 /** qcow2_alloc_cluster_abort(): the write failed; give back what was allocated. */

@@ -48,10 +48,18 @@ export class L2Meta {
 }
 
 /**
- * Host clusters freed while data I/O that may still touch them is in flight are not reused until that I/O
- * has finished: a read or in-place write that looked up its mapping before the free must not land in a cluster
- * that meanwhile belongs to someone else. Every data request takes a ticket; a freed cluster is held until all
- * tickets older than the free are returned.
+ * Freed host clusters the allocator must not hand out yet, for two reasons.
+ *
+ * - Data I/O that may still touch them is in flight: a read or in-place write that looked up its mapping before
+ *   the free must not land in a cluster that meanwhile belongs to someone else. Every data request takes a
+ *   ticket; such a cluster is held until all tickets older than the free are returned.
+ * - The L2 update that dropped their last reference is not on disk yet, and the old L2 entry still describes
+ *   data that must survive a crash (a compressed cluster rewritten in part was copied to a new cluster; the
+ *   untouched part of the old one is the flushed content). Reusing the cluster before that L2 table is written
+ *   and flushed would let a crash leave the old entry pointing at somebody else's data. QEMU 7.2 reuses it at
+ *   once, and a qemu-io killed in that window leaves a compressed cluster that no longer decompresses. Such a
+ *   cluster is held until an L2 cache write-back pass that started after the free has completed and a flush of
+ *   the file has made it stable.
  */
 export class IoTickets {
   private seq = 0;
@@ -65,8 +73,9 @@ export class IoTickets {
   private oldest = 1;
   private outstanding = 0;
   private readonly held: { seq: number; cluster: number }[] = [];
-  /** Cluster indexes the allocator must skip. */
-  readonly quarantined = new Set<number>();
+  private readonly heldForL2: { pass: number; cluster: number }[] = [];
+  /** Cluster indexes the allocator must skip, with the number of holds on each. */
+  readonly quarantined = new Map<number, number>();
 
   enter(): number {
     const t = ++this.seq;
@@ -96,22 +105,60 @@ export class IoTickets {
   hold(cluster: number): void {
     if (this.outstanding === 0) return;
     this.held.push({ seq: this.seq, cluster });
-    this.quarantined.add(cluster);
+    this.quarantine(cluster);
   }
 
-  /** Release what no in-flight I/O can touch any more; returns the lowest released cluster index or -1. */
-  release(): number {
-    if (this.held.length === 0) return -1;
-    const minActive = this.outstanding ? this.oldest : Infinity;
-    let lowest = -1;
-    let n = 0;
-    while (n < this.held.length && this.held[n]!.seq < minActive) {
-      const c = this.held[n]!.cluster;
-      this.quarantined.delete(c);
-      if (lowest < 0 || c < lowest) lowest = c;
-      n++;
+  /**
+   * A cluster's refcount dropped to 0 because an L2 update replaced the entry that referenced it: hold it until
+   * L2 cache write-back pass number `pass` (one that starts after now) is stable on disk.
+   */
+  holdUntilL2Stable(cluster: number, pass: number): void {
+    this.heldForL2.push({ pass, cluster });
+    this.quarantine(cluster);
+  }
+
+  /** Some cluster waits for an L2 write-back to be stable. */
+  get holdsForL2(): boolean {
+    return this.heldForL2.length !== 0;
+  }
+
+  private quarantine(cluster: number): void {
+    this.quarantined.set(cluster, (this.quarantined.get(cluster) ?? 0) + 1);
+  }
+
+  /** Drop one hold; true when the cluster has no hold left. */
+  private unquarantine(cluster: number): boolean {
+    const n = this.quarantined.get(cluster)!;
+    if (n > 1) {
+      this.quarantined.set(cluster, n - 1);
+      return false;
     }
-    if (n) this.held.splice(0, n);
+    this.quarantined.delete(cluster);
+    return true;
+  }
+
+  /**
+   * Release what no in-flight I/O can touch any more and whose L2 update is stable (`l2StableThrough`: the
+   * number of the latest L2 cache write-back pass a file flush has made stable); returns the lowest cluster index
+   * that became free, or -1.
+   */
+  release(l2StableThrough: number): number {
+    if (this.held.length === 0 && this.heldForL2.length === 0) return -1;
+    let lowest = -1;
+    const free = (c: number): void => {
+      if (this.unquarantine(c) && (lowest < 0 || c < lowest)) lowest = c;
+    };
+    if (this.held.length !== 0) {
+      const minActive = this.outstanding ? this.oldest : Infinity;
+      let n = 0;
+      for (; n < this.held.length && this.held[n]!.seq < minActive; n++) free(this.held[n]!.cluster);
+      if (n) this.held.splice(0, n);
+    }
+    if (this.heldForL2.length !== 0) {
+      let n = 0;
+      for (; n < this.heldForL2.length && this.heldForL2[n]!.pass <= l2StableThrough; n++) free(this.heldForL2[n]!.cluster);
+      if (n) this.heldForL2.splice(0, n);
+    }
     return lowest;
   }
 }

@@ -327,6 +327,8 @@ export async function updateRefcount(
   addend: number,
   decrease: boolean,
   type: DiscardType,
+  /** The references dropped were replaced in an L2 table whose old entry must stay valid until it is on disk. */
+  replacedInL2 = false,
 ): Promise<'ok' | Again> {
   if (length < 0) throw new BlockError('EINVAL');
   if (length === 0) return 'ok';
@@ -386,6 +388,7 @@ export async function updateRefcount(
         s.refCache.discardRange(clusterOffset, cs);
         s.l2Cache.discardRange(clusterOffset, cs);
         s.tickets.hold(ci);
+        if (replacedInL2) s.tickets.holdUntilL2Stable(ci, s.l2Cache.writesStarted + 1);
         if (s.freeByteOffset && Math.floor(s.freeByteOffset / cs) === ci) s.freeByteOffset = 0;
         if (s.options.discardPassthrough[type]) queueDiscard(s, clusterOffset, cs);
       }
@@ -410,7 +413,7 @@ export async function updateRefcount(
 
 /** Clusters freed while older I/O was in flight become allocatable again once that I/O is done. */
 function releaseQuarantine(s: Qcow2State): void {
-  const lowest = s.tickets.release();
+  const lowest = s.tickets.release(s.l2StableThrough);
   if (lowest >= 0 && lowest < s.freeClusterIndex) s.freeClusterIndex = lowest;
 }
 
@@ -506,17 +509,36 @@ export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
   return offset;
 }
 
-/** qcow2_free_clusters(): drop one reference from every cluster touched. Failures leak (logged as a trace). */
-export async function freeClusters(s: Qcow2State, offset: number, size: number, type: DiscardType): Promise<void> {
+/**
+ * qcow2_free_clusters(): drop one reference from every cluster touched. Failures leak (logged as a trace).
+ * `replacedInL2`: see {@link freeAnyCluster}.
+ */
+export async function freeClusters(
+  s: Qcow2State,
+  offset: number,
+  size: number,
+  type: DiscardType,
+  replacedInL2 = false,
+): Promise<void> {
   try {
-    await updateRefcount(s, offset, size, 1, true, type);
+    await updateRefcount(s, offset, size, 1, true, type, replacedInL2);
   } catch (e) {
     s.trace('free_clusters_failed', { offset, size, error: String(e) });
   }
 }
 
-/** qcow2_free_any_cluster(): free what an L2 entry references (normal, preallocated zero or compressed). */
-export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type: DiscardType): Promise<void> {
+/**
+ * qcow2_free_any_cluster(): free what an L2 entry references (normal, preallocated zero or compressed).
+ * `replacedInL2`: the entry was replaced by one pointing at a copy, and until that L2 update is on disk the old
+ * entry is what a crash leaves; clusters freed here are not reused before then (see IoTickets).
+ */
+export async function freeAnyCluster(
+  s: Qcow2State,
+  hi: number,
+  lo: number,
+  type: DiscardType,
+  replacedInL2 = false,
+): Promise<void> {
   const ctype = l2ClusterType(hi, lo, s.mode);
   if (s.hasDataFile) {
     if (s.options.discardPassthrough[type] && (ctype === ClusterType.NORMAL || ctype === ClusterType.ZERO_ALLOC)) {
@@ -531,7 +553,7 @@ export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type
   switch (ctype) {
     case ClusterType.COMPRESSED: {
       const coffset = compressedHostOffset(hi, lo, s.g);
-      await freeClusters(s, coffset, compressedReadLength(hi, lo, s.g), type);
+      await freeClusters(s, coffset, compressedReadLength(hi, lo, s.g), type, replacedInL2);
       break;
     }
     case ClusterType.NORMAL:
@@ -540,7 +562,7 @@ export async function freeAnyCluster(s: Qcow2State, hi: number, lo: number, type
       if (off % s.clusterSize) {
         await signalCorruption(s, false, -1, -1, `Cannot free unaligned cluster ${hex(off)}`);
       } else {
-        await freeClusters(s, off, s.clusterSize, type);
+        await freeClusters(s, off, s.clusterSize, type, replacedInL2);
       }
       break;
     }
