@@ -411,7 +411,10 @@ export async function updateRefcount(
   return result;
 }
 
-/** Clusters freed while older I/O was in flight become allocatable again once that I/O is done. */
+/**
+ * Quarantined clusters become allocatable again once the I/O that was in flight when they were freed is done and,
+ * for those an L2 update freed, once that update is stable on disk (see IoTickets).
+ */
 function releaseQuarantine(s: Qcow2State): void {
   const lowest = s.tickets.release(s.l2StableThrough);
   if (lowest >= 0 && lowest < s.freeClusterIndex) s.freeClusterIndex = lowest;
