@@ -177,8 +177,8 @@ function inPlace(s: Qcow2State, offset: number, bytes: number): number {
     const at = (idx + i) * esz;
     const hi = v.getUint32(at);
     const lo = v.getUint32(at + 4);
-    // COPIED, not compressed, no zero flag, no reserved bits.
-    if ((hi & 0xff000000) !== 0x80000000 || lo & 0x1ff) break;
+    // COPIED, not compressed, no zero flag, no reserved bits. (`>>>`: `hi & 0xff000000` would be a negative int32.)
+    if (hi >>> 24 !== 0x80 || lo & 0x1ff) break;
     const host = (hi & 0x00ffffff) * 4294967296 + lo;
     if (i === 0) {
       if ((host === 0 && !s.hasDataFile) || host % cs) break;

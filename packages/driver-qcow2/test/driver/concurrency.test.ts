@@ -253,4 +253,40 @@ describe.skipIf(!hasQemu)('concurrency', () => {
       w.cleanup();
     }
   });
+
+  test.each([
+    ['64 KiB clusters', [] as string[]],
+    ['extended L2, 32 KiB clusters', ['extended_l2=on', 'cluster_size=32k']],
+  ])('%s: a rewrite of allocated clusters does not wait for the metadata lock', async (_name, opts) => {
+    const w = new Workdir();
+    try {
+      w.create('l.qcow2', '4M', opts);
+      const graph = newGraph();
+      const { node, be } = await openQcow2(graph, w.path('l.qcow2'));
+      const s = (node.impl as Qcow2Instance).state;
+      await be.pwrite(0, new Uint8Array(256 * K).fill(1));
+      // Someone holds the metadata lock (an allocation writing an L2 table, say).
+      await s.lock.lock();
+      let rewritten = false;
+      let allocated = false;
+      const rewrite = be.pwrite(64 * K, new Uint8Array(128 * K).fill(2)).then(() => (rewritten = true));
+      const allocate = be.pwrite(1 * M, new Uint8Array(4 * K).fill(3)).then(() => (allocated = true));
+      try {
+        await Promise.race([rewrite, new Promise((r) => setTimeout(r, 2000))]);
+        expect(rewritten).toBe(true);
+        // An allocating write does need the lock.
+        expect(allocated).toBe(false);
+      } finally {
+        s.lock.unlock();
+      }
+      await rewrite;
+      await allocate;
+      expect((await be.read(0, 256 * K)).every((b, i) => b === (i >= 64 * K && i < 192 * K ? 2 : 1))).toBe(true);
+      expect((await be.read(1 * M, 4 * K)).every((b) => b === 3)).toBe(true);
+      await graph.close();
+      expect(qemuCheck(w.path('l.qcow2')).status).toBe(0);
+    } finally {
+      w.cleanup();
+    }
+  });
 });
