@@ -87,8 +87,34 @@ export async function preadv(child: Child, offset: number, bytes: number, qiov: 
   }
 }
 
-/** bdrv_aligned_preadv(): the request is aligned and tracked. */
-export async function alignedPreadv(
+/**
+ * bdrv_aligned_preadv(): the request is aligned and tracked. A plain read that fits the node's limits goes
+ * straight to the driver without an async frame of its own: this runs for every read on every node of a chain.
+ * Callers await the result, so a synchronous throw from the driver still becomes their rejection.
+ */
+export function alignedPreadv(
+  child: Child,
+  req: TrackedRequest,
+  offset: number,
+  bytes: number,
+  align: number,
+  qiov: IOVector | null,
+  flags: ReqFlags,
+): Promise<void> {
+  const node = child.node;
+  if (
+    !(flags & (ReqFlag.COPY_ON_READ | ReqFlag.PREFETCH)) &&
+    !req.serialising &&
+    !node.serialisingInFlight &&
+    bytes <= alignUp(Math.max(0, node.totalBytes - offset), align) &&
+    bytes <= effectiveMaxTransfer(node, align)
+  ) {
+    return driverPreadv(node, offset, bytes, qiov, flags);
+  }
+  return alignedPreadvSlow(child, req, offset, bytes, align, qiov, flags);
+}
+
+async function alignedPreadvSlow(
   child: Child,
   req: TrackedRequest,
   offset: number,

@@ -140,9 +140,13 @@ export async function readGuest(s: Qcow2State, offset: number, bytes: number, qi
   }
 }
 
-export async function preadv(s: Qcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
-  s.checkUsable();
-  await readGuest(s, offset, bytes, qiov);
+export function preadv(s: Qcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
+  try {
+    s.checkUsable();
+  } catch (e) {
+    return Promise.reject(e);
+  }
+  return readGuest(s, offset, bytes, qiov);
 }
 
 // --- writes ----------------------------------------------------------------------------------------------------
