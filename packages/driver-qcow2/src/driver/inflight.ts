@@ -59,7 +59,11 @@ export class L2Meta {
  *   and flushed would let a crash leave the old entry pointing at somebody else's data. QEMU 7.2 reuses it at
  *   once, and a qemu-io killed in that window leaves a compressed cluster that no longer decompresses. Such a
  *   cluster is held until an L2 cache write-back pass that started after the free has completed and a flush of
- *   the file has made it stable.
+ *   the image file that started after that has succeeded. The second part uses the file node's own write and
+ *   flush generations (BlockNode.writeGen / flushedGen), so any flush of the file counts, whoever issues it:
+ *   once the pass is seen complete, the cluster is stamped with the file's current write generation and freed
+ *   when the file's flushed generation reaches it. (Stamping when the release is checked rather than when the
+ *   pass completes can only make a cluster wait for one more flush.)
  */
 export class IoTickets {
   private seq = 0;
@@ -73,7 +77,8 @@ export class IoTickets {
   private oldest = 1;
   private outstanding = 0;
   private readonly held: { seq: number; cluster: number }[] = [];
-  private readonly heldForL2: { pass: number; cluster: number }[] = [];
+  /** `gen` is -1 until the pass is seen complete, then the file's write generation at that moment. */
+  private readonly heldForL2: { pass: number; gen: number; cluster: number }[] = [];
   /** Cluster indexes the allocator must skip, with the number of holds on each. */
   readonly quarantined = new Map<number, number>();
 
@@ -113,13 +118,8 @@ export class IoTickets {
    * L2 cache write-back pass number `pass` (one that starts after now) is stable on disk.
    */
   holdUntilL2Stable(cluster: number, pass: number): void {
-    this.heldForL2.push({ pass, cluster });
+    this.heldForL2.push({ pass, gen: -1, cluster });
     this.quarantine(cluster);
-  }
-
-  /** Some cluster waits for an L2 write-back to be stable. */
-  get holdsForL2(): boolean {
-    return this.heldForL2.length !== 0;
   }
 
   private quarantine(cluster: number): void {
@@ -138,11 +138,11 @@ export class IoTickets {
   }
 
   /**
-   * Release what no in-flight I/O can touch any more and whose L2 update is stable (`l2StableThrough`: the
-   * number of the latest L2 cache write-back pass a file flush has made stable); returns the lowest cluster index
-   * that became free, or -1.
+   * Release what no in-flight I/O can touch any more and whose L2 update is stable: `l2WrittenThrough` is the
+   * latest completed L2 cache write-back pass (MetaCache.writtenThrough), `fileWriteGen` / `fileFlushedGen` the
+   * image file node's generations. Returns the lowest cluster index that became free, or -1.
    */
-  release(l2StableThrough: number): number {
+  release(l2WrittenThrough: number, fileWriteGen: number, fileFlushedGen: number): number {
     if (this.held.length === 0 && this.heldForL2.length === 0) return -1;
     let lowest = -1;
     const free = (c: number): void => {
@@ -156,7 +156,15 @@ export class IoTickets {
     }
     if (this.heldForL2.length !== 0) {
       let n = 0;
-      for (; n < this.heldForL2.length && this.heldForL2[n]!.pass <= l2StableThrough; n++) free(this.heldForL2[n]!.cluster);
+      for (; n < this.heldForL2.length; n++) {
+        const h = this.heldForL2[n]!;
+        if (h.gen < 0) {
+          if (h.pass > l2WrittenThrough) break;
+          h.gen = fileWriteGen;
+        }
+        if (h.gen > fileFlushedGen) break;
+        free(h.cluster);
+      }
       if (n) this.heldForL2.splice(0, n);
     }
     return lowest;

@@ -95,19 +95,12 @@ export class Qcow2Instance implements BlockDriverInstance {
     return rw.blockStatus(this.state, wantZero, offset, bytes);
   }
 
-  /**
-   * qcow2_co_flush_to_os(): write dirty L2 tables and refcount blocks; the core then flushes the file. When
-   * clusters wait for an L2 write-back to be stable before reuse, flush the file here, so that we know it is.
-   * The core's flush of the file that follows then finds nothing new to flush.
-   */
+  /** qcow2_co_flush_to_os(): write dirty L2 tables and refcount blocks; the core then flushes the file. */
   async flushToOs(): Promise<void> {
     const s = this.state;
     if (s.readOnly) return;
     s.checkUsable();
-    await this.locked(async () => {
-      await writeCaches(s);
-      if (s.tickets.holdsForL2) await s.flushFile();
-    });
+    await this.locked(() => writeCaches(s));
   }
 
   async truncate(offset: number, exact: boolean, prealloc: PreallocMode, flags: ReqFlags): Promise<void> {

@@ -416,7 +416,8 @@ export async function updateRefcount(
  * for those an L2 update freed, once that update is stable on disk (see IoTickets).
  */
 function releaseQuarantine(s: Qcow2State): void {
-  const lowest = s.tickets.release(s.l2StableThrough);
+  const file = s.file.node;
+  const lowest = s.tickets.release(s.l2Cache.writtenThrough, file.writeGen, file.flushedGen);
   if (lowest >= 0 && lowest < s.freeClusterIndex) s.freeClusterIndex = lowest;
 }
 

@@ -91,8 +91,6 @@ export class Qcow2State {
   l2SliceBytes = 0;
 
   freeClusterIndex = 0;
-  /** The latest L2 cache write-back pass (MetaCache.writtenThrough) that a flush of the file made stable. */
-  l2StableThrough = 0;
   /** Next free byte for compressed data (inside a partially used host cluster), 0 = none. */
   freeByteOffset = 0;
 
@@ -228,11 +226,8 @@ export class Qcow2State {
     await this.flushFile();
   }
 
-  /** Every flush of the image file goes through here, so that it knows which L2 write-backs it made stable. */
-  async flushFile(): Promise<void> {
-    const l2Written = this.l2Cache.writtenThrough;
-    await this.file.flush();
-    if (l2Written > this.l2StableThrough) this.l2StableThrough = l2Written;
+  flushFile(): Promise<void> {
+    return this.file.flush();
   }
 
   // --- events ----------------------------------------------------------------------------------------------

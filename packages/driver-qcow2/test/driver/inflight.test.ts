@@ -11,14 +11,14 @@ describe('IoTickets', () => {
     const c = t.enter(); // after the hold: does not keep cluster 7
     expect(t.quarantined.has(7)).toBe(true);
     t.leave(b);
-    expect(t.release(0)).toBe(-1);
+    expect(t.release(0, 0, 0)).toBe(-1);
     t.leave(a);
-    expect(t.release(0)).toBe(7);
+    expect(t.release(0, 0, 0)).toBe(7);
     expect(t.quarantined.has(7)).toBe(false);
     t.hold(9);
-    expect(t.release(0)).toBe(-1);
+    expect(t.release(0, 0, 0)).toBe(-1);
     t.leave(c);
-    expect(t.release(0)).toBe(9);
+    expect(t.release(0, 0, 0)).toBe(9);
   });
 
   it('holds nothing when no request is in flight, and ignores tickets returned twice or never taken', () => {
@@ -43,20 +43,24 @@ describe('IoTickets', () => {
     // Return everything but the first, in a scrambled order: the oldest ticket still blocks the release.
     for (let i = 0; i < out.length; i++) t.leave(out[(i * 2654435761) % out.length]!);
     for (const x of out) t.leave(x);
-    expect(t.release(0)).toBe(-1);
+    expect(t.release(0, 0, 0)).toBe(-1);
     t.leave(first);
-    expect(t.release(0)).toBe(1);
+    expect(t.release(0, 0, 0)).toBe(1);
     t.hold(2);
     t.leave(late);
-    expect(t.release(0)).toBe(2);
+    expect(t.release(0, 0, 0)).toBe(2);
   });
 
   it('holds a cluster freed by an L2 update until a write-back pass started after the free is stable', () => {
     const t = new IoTickets();
     t.holdUntilL2Stable(5, 3);
-    expect(t.release(2)).toBe(-1);
+    // Pass 3 has not completed: held, whatever the file has flushed.
+    expect(t.release(2, 10, 10)).toBe(-1);
     expect(t.quarantined.has(5)).toBe(true);
-    expect(t.release(3)).toBe(5);
+    // Pass 3 is written (the file's write generation is 12 now), but no flush has covered it yet.
+    expect(t.release(3, 12, 11)).toBe(-1);
+    // A flush that started later covered generation 12 (further writes since do not matter).
+    expect(t.release(3, 14, 12)).toBe(5);
     expect(t.quarantined.size).toBe(0);
   });
 
@@ -65,10 +69,10 @@ describe('IoTickets', () => {
     const a = t.enter();
     t.hold(8);
     t.holdUntilL2Stable(8, 1);
-    expect(t.release(1)).toBe(-1);
+    expect(t.release(1, 4, 4)).toBe(-1);
     expect(t.quarantined.has(8)).toBe(true);
     t.leave(a);
-    expect(t.release(1)).toBe(8);
+    expect(t.release(1, 4, 4)).toBe(8);
     expect(t.quarantined.has(8)).toBe(false);
   });
 });
