@@ -7,6 +7,7 @@ import { IOVector } from './iovec.js';
 import type { Job } from './job.js';
 import { BlockNode, type CommonNodeOptions } from './node.js';
 import { kebabCase, normaliseOptions, validateOptions, type Options } from './options.js';
+import { parseQemuBool } from './option-values.js';
 import { ChildRole, Perm, PERM_ALL, type ChildRoles } from './perm.js';
 import { cumulativePerms, refreshPerms, setEdgePerms } from './permission.js';
 import { DriverRegistry } from './registry.js';
@@ -41,10 +42,9 @@ const PROBE_BYTES = 2048;
 function parseCommon(opts: Options, inherited: Partial<CommonNodeOptions> | undefined): CommonNodeOptions {
   const bool = (key: string, v: unknown, dflt: boolean): boolean => {
     if (v === undefined) return dflt;
-    if (typeof v === 'boolean') return v;
-    if (v === 'on' || v === 'true') return true;
-    if (v === 'off' || v === 'false') return false;
-    throw new BlockError('EINVAL', `Parameter '${kebabCase(key)}' expects 'on' or 'off'`);
+    const b = typeof v === 'boolean' ? v : typeof v === 'string' ? parseQemuBool(v) : undefined;
+    if (b === undefined) throw new BlockError('EINVAL', `Parameter '${kebabCase(key)}' expects 'on' or 'off'`);
+    return b;
   };
   const oneOf = <T extends string>(key: string, v: unknown, values: readonly T[], dflt: T): T => {
     if (v === undefined) return dflt;

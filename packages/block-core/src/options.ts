@@ -1,4 +1,5 @@
 import { BlockError } from './errors.js';
+import { parseQemuBool, parseQemuI64, parseQemuSize } from './option-values.js';
 
 /**
  * Driver options are described by a small schema so that every driver rejects unknown or malformed options
@@ -63,22 +64,20 @@ export function normaliseOptions(input: Options): Options {
   return out;
 }
 
-const SIZE_SUFFIX: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50, e: 2 ** 60 };
+/** A value of at most 2^53 - 1, or NaN: option values are JavaScript numbers. */
+function safeNumber(v: bigint): number {
+  return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= -BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : NaN;
+}
 
-/** qemu-img's size syntax: "64M", "1.5G", "512", "4k" (binary units). Returns NaN when malformed. */
+/** QEMU's size syntax ("64M", "1.5G", "512", "0x10000"; binary units, see parseQemuSize). NaN when malformed. */
 export function parseSize(text: string): number {
-  const m = /^\s*([0-9]+(?:\.[0-9]+)?)\s*([bkmgtpeBKMGTPE]?)\s*$/.exec(text);
-  if (!m) return NaN;
-  const n = Number(m[1]) * SIZE_SUFFIX[m[2]!.toLowerCase()]!;
-  if (!Number.isFinite(n)) return NaN;
-  return Math.floor(n);
+  const r = parseQemuSize(text);
+  return r.ok ? safeNumber(r.value) : NaN;
 }
 
 function parseBool(v: unknown): boolean | undefined {
   if (typeof v === 'boolean') return v;
-  if (v === 'on' || v === 'true' || v === 'yes') return true;
-  if (v === 'off' || v === 'false' || v === 'no') return false;
-  return undefined;
+  return typeof v === 'string' ? parseQemuBool(v) : undefined;
 }
 
 function describe(spec: OptionSpec): string {
@@ -117,7 +116,13 @@ export function convertOption(name: string, spec: OptionSpec, value: unknown): u
     case 'size': {
       let n: number;
       if (typeof value === 'number') n = value;
-      else if (typeof value === 'string') n = spec.type === 'size' ? parseSize(value) : /^-?[0-9]+$/.test(value.trim()) ? Number(value) : NaN;
+      else if (typeof value === 'string') {
+        if (spec.type === 'size') n = parseSize(value);
+        else {
+          const r = parseQemuI64(value);
+          n = r.ok ? safeNumber(r.value) : NaN;
+        }
+      }
       else return bad();
       if (!Number.isSafeInteger(n)) return bad();
       if (spec.min !== undefined && n < spec.min) {

@@ -193,6 +193,60 @@ describe('qcow2 against QEMU 7.2', () => {
     }
   });
 
+  describe('-o values are read by their type, as QemuOpts reads them (sizes, numbers, booleans)', () => {
+    // Hex and octal numbers, fractional sizes rounding half up, QAPI's y/n: accepted and printed as QEMU prints
+    // them; malformed values: QEMU's message (with its hint lines for sizes), before the "Formatting" line.
+    const creates: string[][] = [
+      ['cluster_size=0x10000'],
+      ['cluster_size=63.9999k'],
+      ['refcount_bits=010'],
+      ['refcount_bits=0x10'],
+      ['lazy_refcounts=y,compat=1.1'],
+      ['extended_l2=n'],
+      ['cluster_size=1.5'],
+      ['cluster_size='],
+      ['cluster_size=64k '],
+      ['cluster_size=99999999999E'],
+      ['refcount_bits=abc'],
+      ['refcount_bits=1k'],
+      ['refcount_bits=99999999999999999999999'],
+      ['refcount_bits=-1'],
+      ['lazy_refcounts=maybe'],
+      ['size=abc', '1M'],
+    ];
+    for (const [opts, size = '1M'] of creates) {
+      it(`create -o ${opts}`, async (ctx) => {
+        need(ctx);
+        t = await sub('create', ['-f', 'qcow2', '-o', opts!, 'x.qcow2', size]);
+        expectSame(t);
+        expectSameFile(t, 'x.qcow2');
+      });
+    }
+    it('create -o size=1.5k (the size from -o alone)', async (ctx) => {
+      need(ctx);
+      t = await sub('create', ['-f', 'qcow2', '-o', 'size=1.5k', 'x.qcow2']);
+      expectSame(t);
+      expectSameFile(t, 'x.qcow2');
+    });
+    const others: [string, string[]][] = [
+      ['convert', ['-O', 'qcow2', '-o', 'cluster_size=1.5', 'std.qcow2', 'x.qcow2']],
+      ['convert', ['-O', 'qcow2', '-o', 'refcount_bits=x', 'std.qcow2', 'x.qcow2']],
+      ['measure', ['-O', 'qcow2', '-o', 'cluster_size=1.5', 'std.qcow2']],
+      ['measure', ['-O', 'qcow2', '-o', 'cluster_size=63.9999k,refcount_bits=010', '--size', '1G']],
+      ['amend', ['-o', 'refcount_bits=x', 'std.qcow2']],
+      ['amend', ['-o', 'lazy_refcounts=maybe', 'std.qcow2']],
+      ['amend', ['-o', 'lazy_refcounts=y', 'std.qcow2']],
+    ];
+    for (const [cmd, args] of others) {
+      it(`${cmd} ${args.join(' ')}`, async (ctx) => {
+        need(ctx);
+        t = await sub(cmd, args);
+        expectSame(t);
+        expectSameFile(t, cmd === 'amend' ? 'std.qcow2' : 'x.qcow2');
+      });
+    }
+  });
+
   describe('info, map, check', () => {
     const images = ['std.qcow2', 'v2.qcow2', 'el2.qcow2', 'base.qcow2', 'overlay.qcow2', 'comp.qcow2', 'compz.qcow2'];
     for (const img of images) {

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { cvtstr, fixed, general, sizeToStr } from '../src/lib/printf.js';
-import { parseQemuSize } from '../src/lib/size.js';
 import { getopt, GetoptError } from '../src/lib/getopt.js';
 import { qdictHash, qdictOrder, toQemuJson, toQemuJsonPretty } from '../src/lib/qjson.js';
 import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../src/lib/qemu-opts.js';
@@ -45,39 +44,6 @@ describe('printf', () => {
     expect(cvtstr(512)).toBe('512 bytes');
     expect(cvtstr(0)).toBe('0 bytes');
     expect(cvtstr(12623849.1)).toBe('12.039 MiB');
-  });
-});
-
-describe('sizes (qemu_strtosz)', () => {
-  const ok = (s: string, v: bigint) => expect(parseQemuSize(s)).toMatchObject({ ok: true, value: v });
-  const bad = (s: string, e: 'EINVAL' | 'ERANGE') => expect(parseQemuSize(s)).toEqual({ ok: false, error: e });
-  it('accepts what qemu-img accepts', () => {
-    ok('1.5k', 1536n);
-    ok('0x1000', 4096n);
-    ok(' 12', 12n);
-    ok('+12', 12n);
-    ok('1.k', 1024n);
-    ok('1b', 1n);
-    ok('10K', 10240n);
-    ok('3.0000001k', 3072n);
-    ok('1.0', 1n);
-    ok('64M', 67108864n);
-    ok('1G', 1073741824n);
-    ok('7E', 8070450532247928832n);
-    expect(parseQemuSize('0x10k')).toMatchObject({ ok: true, value: 16384n, warning: expect.stringContaining('deprecated') });
-  });
-  it('rejects what qemu-img rejects', () => {
-    bad('1.5', 'EINVAL');
-    bad('1e3', 'EINVAL');
-    bad('1.5e3k', 'EINVAL');
-    bad('0.5', 'EINVAL');
-    bad('1KiB', 'EINVAL');
-    bad('1k2', 'EINVAL');
-    bad('', 'EINVAL');
-    bad('-5', 'EINVAL');
-    bad('x', 'EINVAL');
-    bad('18446744073709551616', 'ERANGE');
-    bad('16E', 'ERANGE');
   });
 });
 

@@ -34,6 +34,8 @@ import {
   ERRNO,
   Perm,
   ReqFlag,
+  parseQemuBool,
+  parseQemuI64,
   type BlockBackend,
   type BlockDriver,
   type BlockErrorCode,
@@ -148,17 +150,20 @@ function eventName(v: unknown): BlkdebugEvent {
 
 function int(name: string, v: unknown, dflt: number): number {
   if (v === undefined) return dflt;
-  const n = typeof v === 'string' && /^-?\d+$/.test(v) ? Number(v) : v;
+  let n = v;
+  if (typeof v === 'string') {
+    const r = parseQemuI64(v);
+    n = r.ok ? Number(r.value) : NaN;
+  }
   if (typeof n !== 'number' || !Number.isSafeInteger(n)) invalid(`Parameter '${name}' expects a number`);
   return n;
 }
 
 function bool(name: string, v: unknown): boolean {
   if (v === undefined) return false;
-  if (typeof v === 'boolean') return v;
-  if (v === 'on' || v === 'true') return true;
-  if (v === 'off' || v === 'false') return false;
-  invalid(`Parameter '${name}' expects 'on' or 'off'`);
+  const b = typeof v === 'boolean' ? v : typeof v === 'string' ? parseQemuBool(v) : undefined;
+  if (b === undefined) invalid(`Parameter '${name}' expects 'on' or 'off'`);
+  return b;
 }
 
 function errnoCode(v: unknown): BlockErrorCode {

@@ -3,10 +3,10 @@
  * driver's amend(). The options a driver can amend are its `amendOptions` schema when it declares one,
  * else its create options.
  */
-import type { BlockDriver, OptionSchema } from '@blockgraph/block-core';
+import { camelCase, type BlockDriver, type OptionSchema } from '@blockgraph/block-core';
 import { accumulateOptions, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
-import { entriesToOptions, snakeCase } from '../lib/create-opts.js';
+import { entriesToOptions, parseOptValue, snakeCase } from '../lib/create-opts.js';
 import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../lib/qemu-opts.js';
@@ -89,6 +89,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
           const createOnly = d.createOptions && Object.keys(d.createOptions).map(snakeCase).includes(k);
           throw new CliError(`Invalid parameter '${e.key}'${createOnly ? ' This option is only supported for image creation' : ''}`);
         }
+        e.value = parseOptValue(e.key, e.value, schema[camelCase(k)]);
       }
       prog.print(0, 0);
       const amendOpts: Record<string, unknown> = entriesToOptions(entries);

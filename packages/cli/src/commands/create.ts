@@ -73,8 +73,7 @@ export async function imgCreate(ctx: Ctx, graph: Graph, spec: ImgCreateSpec): Pr
   if (!drv.create || !drv.createOptions) throw new CliError(`Format driver '${fmt}' does not support image creation`);
   const proto = graph.registry.get('file');
   const fmtList = createOptionList(drv);
-  const allowed = [...fmtList.map(([k]) => k), ...createOptionList(proto).map(([k]) => k)];
-  const entries = parseCreateOptions(spec.options, allowed);
+  const entries = parseCreateOptions(spec.options, [...fmtList, ...createOptionList(proto)]);
   const given = new Map<string, string>();
   for (const e of entries) given.set(e.key.replace(/-/g, '_').replace(/^encrypt_/, 'encrypt.'), e.value);
 

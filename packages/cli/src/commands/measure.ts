@@ -55,10 +55,9 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     }
     const drv = formatDriver(graph, outFmt);
     if (!drv.createOptions || !drv.create) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
-    const allowed = [...createOptionList(drv).map(([k]) => k), ...createOptionList(graph.registry.get('file')).map(([k]) => k)];
     let entries;
     try {
-      entries = parseCreateOptions(opts, allowed);
+      entries = parseCreateOptions(opts, [...createOptionList(drv), ...createOptionList(graph.registry.get('file'))]);
     } catch (e) {
       ctx.error(errMessage(e));
       throw new CliError(`Invalid options for file format '${outFmt}'`);

@@ -1,9 +1,8 @@
 /** blockgraph resize — qemu-img resize: FILE [+|-]SIZE, --shrink to make smaller, --preallocation for growth. */
-import { Perm, type PreallocMode } from '@blockgraph/block-core';
+import { Perm, parseQemuSize, type PreallocMode } from '@blockgraph/block-core';
 import { HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
 import { errMessage, openImage, withGraph } from '../lib/open.js';
-import { parseQemuSize } from '../lib/size.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
 

@@ -12,6 +12,7 @@ import {
   STRERROR,
   isAllocated,
   isBlockError,
+  parseQemuSize,
   type BlockBackend,
   type BlockNode,
   type Graph,
@@ -25,7 +26,6 @@ import { dumpQObject } from '../lib/image-info.js';
 import { errMessage, openImage, parseCacheMode, type CacheMode } from '../lib/open.js';
 import { cvtstr, fixed } from '../lib/printf.js';
 import { parseQemuOpts, optsToObject } from '../lib/qemu-opts.js';
-import { parseQemuSize } from '../lib/size.js';
 
 /** BDRV_REQUEST_MAX_BYTES */
 const REQUEST_MAX_BYTES = 2 ** 31 - 512;

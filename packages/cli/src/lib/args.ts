@@ -1,7 +1,7 @@
 /** Argument helpers shared by the qemu-img style subcommands. */
+import { INT64_MAX, parseQemuSize } from '@blockgraph/block-core';
 import { CliError, usageError } from './context.js';
 import { getopt, GetoptError, type LongOption, type ParsedOption } from './getopt.js';
-import { INT64_MAX, parseQemuSize } from './size.js';
 import type { Ctx } from './context.js';
 
 export function parseArgs(

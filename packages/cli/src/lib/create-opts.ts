@@ -2,10 +2,9 @@
  * Image creation options the qemu-img way: `-o help` listings (qemu_opts_print_help), the "Formatting ..."
  * line (qemu_opts_print) and the option list handed to the driver's create().
  */
-import { camelCase, type BlockDriver, type OptionSpec } from '@blockgraph/block-core';
+import { camelCase, parseQemuBool, parseQemuSize, parseQemuU64, type BlockDriver, type OptionSpec } from '@blockgraph/block-core';
 import { CliError } from './context.js';
 import { parseQemuOpts } from './qemu-opts.js';
-import { parseQemuSize } from './size.js';
 
 /** `clusterSize` → `cluster_size` (QEMU's create option spelling). */
 export function snakeCase(key: string): string {
@@ -103,22 +102,54 @@ export interface CreateSpec {
   entries: { key: string; value: string }[];
 }
 
-/** Parse a -o string into entries; unknown names fail with QEMU's "Invalid parameter 'x'". */
-export function parseCreateOptions(text: string | undefined, allowed: readonly string[]): { key: string; value: string }[] {
+const SIZE_HINT = 'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.';
+
+/**
+ * qemu_opt_parse(): read a -o value by its option's type, as QemuOpts does before any driver sees it, or fail
+ * in QEMU's words. Sizes and
+ * numbers come back in decimal, the form QEMU prints and hands on ("0x10" is 16, "010" is 8, "63.9999k" is
+ * 65536).
+ */
+export function parseOptValue(key: string, value: string, spec: OptionSpec | undefined): string {
+  switch (spec?.type) {
+    case 'size': {
+      const r = parseQemuSize(value);
+      if (r.ok) return r.value.toString();
+      if (r.error === 'ERANGE') throw new CliError(`Value '${value}' is out of range for parameter '${key}'`);
+      throw new CliError(`Parameter '${key}' expects a non-negative number below 2^64\n${SIZE_HINT}`);
+    }
+    case 'integer': {
+      const r = parseQemuU64(value);
+      // QemuOpts keeps a uint64_t and prints it signed; drivers read it as int64 ("-1" stays -1).
+      if (r.ok) return BigInt.asIntN(64, r.value).toString();
+      if (r.error === 'ERANGE') throw new CliError(`Value '${value}' is too large for parameter '${key}'`);
+      throw new CliError(`Parameter '${key}' expects a number`);
+    }
+    case 'boolean':
+      if (parseQemuBool(value) === undefined) throw new CliError(`Parameter '${key}' expects 'on' or 'off'`);
+      return value;
+    default:
+      return value;
+  }
+}
+
+/**
+ * qemu_opts_do_parse(): a -o string into entries, in order: each name must be known (else QEMU's "Invalid
+ * parameter 'x'"), each value is read by its option's type.
+ */
+export function parseCreateOptions(text: string | undefined, specs: readonly [string, OptionSpec][]): { key: string; value: string }[] {
   if (text === undefined) return [];
   const entries = parseQemuOpts(text);
   for (const e of entries) {
     const k = e.key.replace(/-/g, '_');
-    if (!allowed.includes(k) && !allowed.includes(e.key)) throw new CliError(`Invalid parameter '${e.key}'`);
+    const spec = specs.find(([name]) => name === k || name === e.key)?.[1];
+    if (!spec) throw new CliError(`Invalid parameter '${e.key}'`);
+    e.value = parseOptValue(e.key, e.value, spec);
   }
   return entries;
 }
 
-function formatValue(spec: OptionSpec | undefined, value: string): string {
-  if (spec && (spec.type === 'size' || spec.type === 'integer')) {
-    const r = parseQemuSize(value);
-    if (r.ok) return r.value.toString();
-  }
+function formatValue(value: string): string {
   return value.replace(/,/g, ',,');
 }
 
@@ -138,7 +169,7 @@ export function formatOptionsLine(fmt: string, drivers: BlockDriver[], given: Ma
       else if (spec && 'default' in spec && spec.default !== undefined) value = typeof spec.default === 'boolean' ? (spec.default ? 'on' : 'off') : String(spec.default);
     }
     if (value === undefined) continue;
-    parts.push(`${name}=${formatValue(spec, value)}`);
+    parts.push(`${name}=${formatValue(value)}`);
   }
   return parts.join(' ');
 }

@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, isBlockError, parseSize, type OptionSchema, type Options } from '@blockgraph/block-core';
+import { BlockError, STRERROR, isBlockError, parseQemuBool, parseQemuI64, parseSize, type OptionSchema, type Options } from '@blockgraph/block-core';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -61,18 +61,17 @@ function errno(e: unknown, prefix: string): unknown {
   return isBlockError(e) ? new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e }) : e;
 }
 
-/** qemu_opt_get_bool(): QEMU's boolean spellings. */
+/** qemu_opt_get_bool(): QEMU's boolean spellings (qapi_bool_parse). */
 function optBool(key: string, v: unknown): boolean {
-  if (typeof v === 'boolean') return v;
-  if (v === 'on' || v === 'yes' || v === 'true') return true;
-  if (v === 'off' || v === 'no' || v === 'false') return false;
-  throw einval(`Parameter '${key}' expects 'on' or 'off'`);
+  const b = typeof v === 'boolean' ? v : parseQemuBool(String(v));
+  if (b === undefined) throw einval(`Parameter '${key}' expects 'on' or 'off'`);
+  return b;
 }
 
 function optNumber(key: string, v: unknown): number {
   if (typeof v === 'number') return v;
-  const t = String(v).trim();
-  if (/^-?(0x[0-9a-f]+|[0-9]+)$/i.test(t)) return Number(t);
+  const r = parseQemuI64(String(v));
+  if (r.ok && r.value <= BigInt(Number.MAX_SAFE_INTEGER) && r.value >= -BigInt(Number.MAX_SAFE_INTEGER)) return Number(r.value);
   throw einval(`Parameter '${key}' expects a number`);
 }
 

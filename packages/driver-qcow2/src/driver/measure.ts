@@ -2,6 +2,7 @@ import {
   BlockError,
   BlockStatus,
   blockStatusAbove,
+  parseQemuBool,
   parseSize,
   type BlockNode,
   type MeasureResult,
@@ -26,10 +27,9 @@ function einval(message: string): BlockError {
 function optBool(o: Options, key: string, name: string): boolean {
   const v = o[key];
   if (v === undefined) return false;
-  if (typeof v === 'boolean') return v;
-  if (v === 'on' || v === 'yes' || v === 'true') return true;
-  if (v === 'off' || v === 'no' || v === 'false') return false;
-  throw einval(`Parameter '${name}' expects 'on' or 'off'`);
+  const b = typeof v === 'boolean' ? v : parseQemuBool(String(v));
+  if (b === undefined) throw einval(`Parameter '${name}' expects 'on' or 'off'`);
+  return b;
 }
 
 function optSize(o: Options, key: string, name: string, dflt: number): number {

@@ -1,13 +1,19 @@
 /**
- * QEMU's size syntax (util/cutils.c qemu_strtosz, 7.2): decimal integer, optional fraction, optional binary
- * suffix b/k/M/G/T/P/E (case-insensitive); "0x..." hex (a suffix on hex works but is deprecated); no
- * negative numbers; a fraction needs a suffix ("1.5k" yes, "1.5" no).
+ * How QEMU reads option values written as text: sizes (util/cutils.c qemu_strtosz, 7.2), numbers
+ * (qemu_strtou64/qemu_strtoi64 with base 0, as QemuOpts and the QAPI keyval visitor use them) and booleans
+ * (qapi_bool_parse). Values are bigints: sizes and numbers go up to 2^64 - 1.
+ *
+ * Sizes: decimal integer, optional fraction, optional binary suffix b/k/M/G/T/P/E (case-insensitive); "0x..."
+ * hex (a suffix on hex works but is deprecated); no negative numbers; a fraction needs a suffix ("1.5k" yes,
+ * "1.5" no), and rounds half up ("0.7k" is 717).
  */
 
 export const INT64_MAX = 2n ** 63n - 1n;
 const U64 = 2n ** 64n;
 
 export type SizeParse = { ok: true; value: bigint; warning?: string } | { ok: false; error: 'EINVAL' | 'ERANGE' };
+
+const INT64_MIN = -(2n ** 63n);
 
 function suffixMul(c: string | undefined): bigint {
   switch (c) {
@@ -37,8 +43,11 @@ function suffixMul(c: string | undefined): bigint {
   }
 }
 
-/** strtoull(): returns [value, end index] or null when no digits were consumed. Overflow saturates (ERANGE). */
-function strtou64(s: string, start: number, base: 10 | 16): { value: bigint; end: number; range: boolean; neg: boolean } | null {
+/**
+ * strtoull(): leading blanks, a sign, then digits of `base` (0: "0x" hex, "0" octal, else decimal). Null when no
+ * digit was consumed. Overflow saturates (range); a minus sign negates modulo 2^64, as C does.
+ */
+function strtou64(s: string, start: number, base: 0 | 10 | 16): { value: bigint; end: number; range: boolean; neg: boolean; magnitude: bigint } | null {
   let i = start;
   while (i < s.length && /\s/.test(s[i]!)) i++;
   let neg = false;
@@ -46,18 +55,60 @@ function strtou64(s: string, start: number, base: 10 | 16): { value: bigint; end
     neg = s[i] === '-';
     i++;
   }
-  if (base === 16 && s[i] === '0' && (s[i + 1] === 'x' || s[i + 1] === 'X') && /[0-9a-fA-F]/.test(s[i + 2] ?? '')) i += 2;
-  const digitRe = base === 10 ? /[0-9]/ : /[0-9a-fA-F]/;
+  let radix: 8 | 10 | 16 = base === 0 ? 10 : base;
+  if ((base === 16 || base === 0) && s[i] === '0' && (s[i + 1] === 'x' || s[i + 1] === 'X') && /[0-9a-fA-F]/.test(s[i + 2] ?? '')) {
+    i += 2;
+    radix = 16;
+  } else if (base === 0 && s[i] === '0') {
+    radix = 8;
+  }
+  const digitRe = radix === 10 ? /[0-9]/ : radix === 8 ? /[0-7]/ : /[0-9a-fA-F]/;
   const from = i;
   let v = 0n;
   while (i < s.length && digitRe.test(s[i]!)) {
-    v = v * BigInt(base) + BigInt(parseInt(s[i]!, base));
+    v = v * BigInt(radix) + BigInt(parseInt(s[i]!, radix));
     i++;
   }
   if (i === from) return null;
   const range = v >= U64;
+  const magnitude = v;
   if (neg && !range) v = (U64 - v) % U64;
-  return { value: range ? U64 - 1n : v, end: i, range, neg };
+  return { value: range ? U64 - 1n : v, end: i, range, neg, magnitude };
+}
+
+/** qemu_strtou64(text, NULL, 0): a QemuOpts number. "-1" is accepted and wraps to 2^64 - 1, as in QEMU. */
+export function parseQemuU64(text: string): SizeParse {
+  const r = strtou64(text, 0, 0);
+  if (!r || r.end !== text.length) return { ok: false, error: 'EINVAL' };
+  if (r.range) return { ok: false, error: 'ERANGE' };
+  return { ok: true, value: r.value };
+}
+
+/** qemu_strtoi64(text, NULL, 0): a signed integer (the QAPI keyval visitor's int64 members). */
+export function parseQemuI64(text: string): SizeParse {
+  const r = strtou64(text, 0, 0);
+  if (!r || r.end !== text.length) return { ok: false, error: 'EINVAL' };
+  const v = r.neg ? -r.magnitude : r.magnitude;
+  if (r.range || v > INT64_MAX || v < INT64_MIN) return { ok: false, error: 'ERANGE' };
+  return { ok: true, value: v };
+}
+
+/** qapi_bool_parse(): on/yes/true/y and off/no/false/n, nothing else (case matters). */
+export function parseQemuBool(text: string): boolean | undefined {
+  switch (text) {
+    case 'on':
+    case 'yes':
+    case 'true':
+    case 'y':
+      return true;
+    case 'off':
+    case 'no':
+    case 'false':
+    case 'n':
+      return false;
+    default:
+      return undefined;
+  }
 }
 
 /** qemu_strtosz(): the whole string must be consumed. */
