@@ -146,8 +146,10 @@ export interface SnapshotInfo {
   vmStateSize: number;
   dateSec: number;
   dateNsec: number;
-  vmClockNsec: number;
-  icount?: number;
+  /** The guest clock when the snapshot was taken, in ns: a 64-bit value (2^53 ns is only 104 days). */
+  vmClockNsec: bigint;
+  /** Instructions executed (record/replay), signed 64-bit as QEMU reports it; absent when not recorded. */
+  icount?: bigint;
 }
 
 export interface ReopenState {

@@ -97,6 +97,19 @@ function expectSameRun(what: string, b: RunResult, q: RunResult, qdir: string, b
   expect(norm(b.stderr, bdir), what).toBe(normaliseStderr(norm(q.stderr, qdir), tool));
 }
 
+/** Each qemu-img command (image last) prints the same as blockgraph's, dates included. */
+async function expectSameListings(file: string, commands: string[][]): Promise<void> {
+  for (const args of commands) {
+    const q = run('qemu-img', [...args, file]);
+    const b = await bg(...args, file);
+    expect({ status: b.status, stdout: b.stdout, stderr: b.stderr }, args.join(' ')).toEqual({
+      status: q.status,
+      stdout: q.stdout,
+      stderr: normaliseStderr(q.stderr),
+    });
+  }
+}
+
 function expectClean(file: string, what: string): void {
   const r = qemuImg('check', '-f', 'qcow2', file);
   expect(r.stdout + r.stderr, what).toMatch(/No errors were found on the image\./);
@@ -268,15 +281,39 @@ describe('blockgraph snapshot on qcow2 against QEMU 7.2', () => {
     }
     await bg('snapshot', '-c', 'made by blockgraph', f);
     await bg('snapshot', '-d', 'a', f);
-    for (const args of [['snapshot', '-l'], ['info'], ['info', '--output=json'], ['snapshot', '-l', '-U']]) {
-      const q = run('qemu-img', [...args, f]);
-      const b = await bg(...args, f);
-      expect({ status: b.status, stdout: b.stdout, stderr: b.stderr }, args.join(' ')).toEqual({
-        status: q.status,
-        stdout: q.stdout,
-        stderr: normaliseStderr(q.stderr),
-      });
+    await expectSameListings(f, [['snapshot', '-l'], ['info'], ['info', '--output=json'], ['snapshot', '-l', '-U']]);
+  });
+
+  it('guest clocks and icounts beyond 2^53 (104 days of guest time) are listed exactly, as QEMU lists them', async (ctx) => {
+    need(ctx);
+    const d = tempDir('snap-clock');
+    cleanups.push(d.cleanup);
+    images(d.dir);
+    const f = join(d.dir, 'std.qcow2');
+    for (const name of ['a', 'b', 'c']) must('qemu-img', 'snapshot', '-c', name, f);
+    // Entry fields: vm_clock_nsec at +24; extra data from +40, icount at extra +16 (QEMU 7.2 writes 24 bytes).
+    const clocks = [31536000999999999n, 10000000123456789n, 2n ** 63n + 5n];
+    const icounts = [12345678901234567n, 2n ** 64n - 2n, null];
+    const fd = openSync(f, 'r+');
+    try {
+      const head = Buffer.alloc(72);
+      readSync(fd, head, 0, 72, 0);
+      let off = Number(head.readBigUInt64BE(64));
+      for (let i = 0; i < 3; i++) {
+        const e = Buffer.alloc(64);
+        readSync(fd, e, 0, 64, off);
+        expect(e.readUInt32BE(36)).toBeGreaterThanOrEqual(24);
+        e.writeBigUInt64BE(clocks[i]!, 24);
+        if (icounts[i] !== null) e.writeBigUInt64BE(icounts[i]!, 56);
+        writeSync(fd, e, 0, 64, off);
+        off += Math.ceil((40 + e.readUInt32BE(36) + e.readUInt16BE(12) + e.readUInt16BE(14)) / 8) * 8;
+      }
+    } finally {
+      closeSync(fd);
     }
+    await expectSameListings(f, [['snapshot', '-l'], ['info'], ['info', '--output=json']]);
+    // The exact digits, not just agreement: 31536000999999999 ns is 31536000 s + 999999999 ns.
+    expect(run('qemu-img', ['info', '--output=json', f]).stdout).toContain('"vm-clock-nsec": 999999999');
   });
 
   it('refcount_bits=1: a snapshot would need refcount 2, so create fails (EINVAL) and leaks what QEMU leaks', async (ctx) => {

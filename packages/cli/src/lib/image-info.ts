@@ -75,8 +75,8 @@ export function snapshotToQapi(s: SnapshotInfo): QObj {
     'vm-state-size': s.vmStateSize,
     'date-sec': s.dateSec,
     'date-nsec': s.dateNsec,
-    'vm-clock-sec': Math.floor(s.vmClockNsec / 1e9),
-    'vm-clock-nsec': s.vmClockNsec % 1e9,
+    'vm-clock-sec': Number(s.vmClockNsec / 1_000_000_000n),
+    'vm-clock-nsec': Number(s.vmClockNsec % 1_000_000_000n),
     icount: s.icount,
   };
 }
@@ -116,9 +116,9 @@ export function snapshotRow(sn?: QObj): string {
   const d = new Date(Number(sn['date-sec']) * 1000);
   const two = (n: number) => String(n).padStart(2, '0');
   const date = `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
-  const clockNs = Number(sn['vm-clock-sec']) * 1e9 + Number(sn['vm-clock-nsec']);
-  const secs = Math.floor(clockNs / 1e9);
-  const clock = `${String(Math.floor(secs / 3600)).padStart(2, '0')}:${two(Math.floor(secs / 60) % 60)}:${two(secs % 60)}.${String(Math.floor(clockNs / 1e6) % 1000).padStart(3, '0')}`;
+  const secs = Number(sn['vm-clock-sec']);
+  const ms = Math.floor(Number(sn['vm-clock-nsec']) / 1e6);
+  const clock = `${String(Math.floor(secs / 3600)).padStart(2, '0')}:${two(Math.floor(secs / 60) % 60)}:${two(secs % 60)}.${String(ms).padStart(3, '0')}`;
   const icount = sn.icount === undefined ? '' : String(sn.icount);
   return `${padRight(String(sn.id), 9)} ${padRight(String(sn.name), 16)} ${padLeft(sizeToStr(Number(sn['vm-state-size'])), 8)}${padLeft(date, 20)}${padLeft(clock, 13)}${padLeft(icount, 11)}`;
 }

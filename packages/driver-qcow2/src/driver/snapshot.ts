@@ -152,9 +152,9 @@ export function listSnapshots(s: Qcow2State): SnapshotInfo[] {
       vmStateSize: sn.vmStateSize,
       dateSec: sn.dateSec,
       dateNsec: sn.dateNsec,
-      vmClockNsec: Number(sn.vmClockNsec),
+      vmClockNsec: sn.vmClockNsec,
     };
-    if (sn.icount !== ICOUNT_NONE) info.icount = Number(sn.icount);
+    if (sn.icount !== ICOUNT_NONE) info.icount = BigInt.asIntN(64, sn.icount);
     return info;
   });
 }

@@ -65,7 +65,7 @@ describe.skipIf(!hasQemu)('qcow2 internal snapshots (driver API)', () => {
       ['1', 's1'],
       ['2', 's2'],
     ]);
-    expect(list[0]).toMatchObject({ dateSec: 1_700_000_000, dateNsec: 5, vmStateSize: 0, vmClockNsec: 0 });
+    expect(list[0]).toMatchObject({ dateSec: 1_700_000_000, dateNsec: 5, vmStateSize: 0, vmClockNsec: 0n });
 
     await node.impl.snapshotDelete!('1', 's1');
     await node.impl.snapshotDelete!(undefined, 's2');
