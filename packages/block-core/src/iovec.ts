@@ -124,7 +124,7 @@ export function isZeroBuffer(b: Uint8Array): boolean {
   if ((b.byteOffset & 3) === 0 && len >= 64) {
     const words = new Uint32Array(b.buffer, b.byteOffset, len >>> 2);
     for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
-    i = words.length << 2;
+    i = words.length * 4;
   }
   for (; i < len; i++) if (b[i] !== 0) return false;
   return true;
