@@ -41,7 +41,7 @@ export async function compareRefcounts(p: RefcountPass, fix: number): Promise<nu
       else if (onDisk < counted && fix & FIX_ERRORS) fixed = 'corruptionsFixed';
 
       const what = fixed ? 'Repairing' : onDisk < counted ? 'ERROR' : 'Leaked';
-      st.messages.push(`${what} cluster ${i} refcount=${onDisk} reference=${counted}`);
+      st.messages.push(`${what} cluster ${i} refcount=${block ? st.refcounts.entryText(block, i) : 0} reference=${counted}`);
       if (fixed) {
         try {
           await st.refcounts.set(i, counted);

@@ -111,12 +111,20 @@ export class DiskRefcounts {
     return getRefcount(data, i, this.g.refcountOrder);
   }
 
+  /** The refcount of `cluster` exactly, in decimal, for messages (64-bit refcounts can exceed 2^53). */
+  entryText(data: Uint8Array, cluster: number): string {
+    if (this.g.refcountOrder !== 6) return String(this.entry(data, cluster));
+    const i = cluster % this.g.refcountBlockEntries;
+    return new DataView(data.buffer, data.byteOffset + i * 8, 8).getBigUint64(0).toString();
+  }
+
   /** Store a new refcount for `cluster`; its refcount block must exist. */
   async set(cluster: number, value: number): Promise<void> {
     const entry = await this.block(cluster);
     if (!entry) throw new CheckAbort('EIO', `No refcount block for cluster ${cluster}`);
     const i = cluster % this.g.refcountBlockEntries;
-    if (value === 0 && getRefcount(entry.data, i, this.g.refcountOrder) !== 0) this.discards.push(cluster);
+    // entry(), not getRefcount(): a 64-bit value of 2^53 or more must still be replaceable.
+    if (value === 0 && this.entry(entry.data, cluster) !== 0) this.discards.push(cluster);
     setRefcount(entry.data, i, this.g.refcountOrder, value);
     entry.dirty = true;
   }

@@ -200,6 +200,16 @@ const cases: FaultCase[] = [
     inject: (e) => e.setRefcount(5, 7).setRefcount(6, 0),
   },
   {
+    // 0x123456789abcdef0 is past 2^53: printed exactly, and repaired as QEMU repairs it.
+    name: 'refcount_bits=64: an unreferenced trailing cluster with a refcount beyond 2^53',
+    base: 'rc64',
+    inject: (e) => {
+      const at = e.append();
+      e.setRefcount(at / e.clusterSize, 0x123456789abcdef0n);
+    },
+    expectLines: ['Leaked cluster 22 refcount=1311768467463790320 reference=0'],
+  },
+  {
     name: 'v2 image: leak and shared cluster',
     base: 'v2',
     inject: (e) => e.setRefcount(5, 2).setL2Entry(2, e.l2Entry(1)),

@@ -92,12 +92,12 @@ export class ImageEditor {
     return Number(v);
   }
 
-  setRefcount(cluster: number, value: number): this {
+  setRefcount(cluster: number, value: number | bigint): this {
     const { at, bits } = this.refcountAt(cluster);
     const byte = Math.floor(at / 8);
     if (bits < 8) {
       const mask = ((1 << bits) - 1) << (at % 8);
-      this.bytes[byte] = (this.bytes[byte]! & ~mask) | ((value << (at % 8)) & mask);
+      this.bytes[byte] = (this.bytes[byte]! & ~mask) | ((Number(value) << (at % 8)) & mask);
       return this;
     }
     let v = BigInt(value);
