@@ -389,6 +389,8 @@ export async function updateRefcount(
         s.l2Cache.discardRange(clusterOffset, cs);
         s.tickets.hold(ci);
         if (replacedInL2) s.tickets.holdUntilL2Stable(ci, s.l2Cache.writesStarted + 1);
+        // The compressed-write position must not outlive its cluster. QEMU 7.2 keeps it, and its next compressed
+        // write lands in whatever the freed cluster was reallocated as (data or an L2 table).
         if (s.freeByteOffset && Math.floor(s.freeByteOffset / cs) === ci) s.freeByteOffset = 0;
         if (s.options.discardPassthrough[type]) queueDiscard(s, clusterOffset, cs);
       }

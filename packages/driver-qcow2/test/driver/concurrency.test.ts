@@ -13,6 +13,13 @@ import { memStore, testMemDriver } from '../../../block-core/test/drivers.js';
 import { qcow2Driver, Qcow2Instance } from '../../src/node/index.js';
 import { Workdir, firstDiff, hasQemu, newGraph, openQcow2, prng, qemuCheck, randInt, readAll } from './helpers.js';
 
+/** Stress runs: QCOW2_CONCURRENCY_SEEDS=N repeats the random tests with N seeds (seed 0 is the one CI runs). */
+const SEEDS = Array.from({ length: Math.max(1, Number(process.env.QCOW2_CONCURRENCY_SEEDS ?? 1)) }, (_, i) => i);
+/** `rows` once per seed; the name of every run after the first says its seed. */
+function seeded<R extends readonly [string, ...unknown[]]>(rows: readonly R[]): (readonly [string, number, ...R])[] {
+  return SEEDS.flatMap((seed) => rows.map((row) => [seed ? `${row[0]} (seed ${seed})` : row[0], seed, ...row] as const));
+}
+
 const K = 1024;
 const M = 1024 * K;
 
@@ -76,12 +83,14 @@ async function runBatch(be: BlockBackend, ops: Op[], model: Uint8Array, discardZ
 }
 
 describe.skipIf(!hasQemu)('concurrency', () => {
-  test.each([
-    ['64k clusters', [] as string[], 65536],
-    ['4k clusters, refcount_bits=1', ['cluster_size=4k', 'refcount_bits=1'], 4096],
-    ['extended_l2', ['extended_l2=on'], 65536],
-    ['512 B clusters, refcount_bits=64', ['cluster_size=512', 'refcount_bits=64'], 512],
-  ] as const)('%s: concurrent writes to disjoint bytes of unallocated clusters all survive', async (_n, opts, cs) => {
+  test.each(
+    seeded([
+      ['64k clusters', [] as string[], 65536],
+      ['4k clusters, refcount_bits=1', ['cluster_size=4k', 'refcount_bits=1'], 4096],
+      ['extended_l2', ['extended_l2=on'], 65536],
+      ['512 B clusters, refcount_bits=64', ['cluster_size=512', 'refcount_bits=64'], 512],
+    ] as const),
+  )('%s: concurrent writes to disjoint bytes of unallocated clusters all survive', async (_name, seed, _n, opts, cs) => {
     const w = new Workdir();
     try {
       const size = 8 * M;
@@ -89,7 +98,7 @@ describe.skipIf(!hasQemu)('concurrency', () => {
       const graph = newGraph();
       const { be } = await openQcow2(graph, w.path('a.qcow2'));
       const model = new Uint8Array(size);
-      const r = prng(42);
+      const r = prng(42 + seed * 1_000_003);
       for (let round = 0; round < 8; round++) {
         const base = randInt(r, 0, size / cs - 4) * cs;
         const slot = Math.max(64, cs / 16);
@@ -118,12 +127,14 @@ describe.skipIf(!hasQemu)('concurrency', () => {
     }
   });
 
-  test.each([
-    ['64k clusters', [] as string[], 65536, false],
-    ['4k clusters, tiny caches', ['cluster_size=4k'], 4096, false],
-    ['extended_l2 over a backing file', ['extended_l2=on'], 65536, true],
-    ['compat=0.10', ['compat=0.10'], 65536, false],
-  ] as const)('%s: random mixes at queue depth 32 match the model', async (_n, opts, cs, withBacking) => {
+  test.each(
+    seeded([
+      ['64k clusters', [] as string[], 65536, false],
+      ['4k clusters, tiny caches', ['cluster_size=4k'], 4096, false],
+      ['extended_l2 over a backing file', ['extended_l2=on'], 65536, true],
+      ['compat=0.10', ['compat=0.10'], 65536, false],
+    ] as const),
+  )('%s: random mixes at queue depth 32 match the model', async (_name, seed, _n, opts, cs, withBacking) => {
     const w = new Workdir();
     try {
       const size = 16 * M;
@@ -138,7 +149,7 @@ describe.skipIf(!hasQemu)('concurrency', () => {
       w.create('a.qcow2', String(size), [...opts], extra);
       const graph = newGraph();
       const { be } = await openQcow2(graph, w.path('a.qcow2'), { options: cs === 4096 ? { l2CacheSize: 8 * K, refcountCacheSize: 16 * K } : {} });
-      const r = prng(7);
+      const r = prng(7 + seed * 1_000_003);
       const discardZeroes = !(opts as readonly string[]).includes('compat=0.10') || !withBacking;
       for (let round = 0; round < 40; round++) {
         await runBatch(be, batch(r, size, cs, 32, ['write', 'write', 'read', 'read', 'zero', 'discard']), model, discardZeroes);
@@ -154,13 +165,13 @@ describe.skipIf(!hasQemu)('concurrency', () => {
     }
   });
 
-  test('over storage with random latency: reads, writes, frees and reallocation interleave', async () => {
+  test.each(seeded([['over storage with random latency: reads, writes, frees and reallocation interleave'] as const]))('%s', async (_name, seed) => {
     const w = new Workdir();
     try {
       const size = 8 * M;
       const cs = 4096;
       w.create('lat.qcow2', String(size), ['cluster_size=4k']);
-      const name = `qcow2-latency-${process.pid}`;
+      const name = `qcow2-latency-${process.pid}-${seed}`;
       memStore.set(name, new Uint8Array(w.read('lat.qcow2')));
       const graph = new Graph({ drivers: [...allRawDrivers, testMemDriver, qcow2Driver] });
       const node: BlockNode = await graph.addNode({
@@ -170,7 +181,7 @@ describe.skipIf(!hasQemu)('concurrency', () => {
       });
       const be = graph.backend(node);
       const model = new Uint8Array(size);
-      const r = prng(99);
+      const r = prng(99 + seed * 1_000_003);
       for (let round = 0; round < 30; round++) {
         await runBatch(be, batch(r, size, cs, 32, ['write', 'read', 'read', 'discard', 'zero']), model, true);
       }

@@ -8,6 +8,13 @@ import { IOVector } from '@blockgraph/block-core';
 import { Workdir, hasQemu, newGraph, openQcow2, qemuCheck, run } from './helpers.js';
 import { genOps, qemuIoCommands } from './matrix-ops.js';
 
+/**
+ * Stress runs: QCOW2_MATRIX_SEEDS=N replays every case with N different sequences (seed 0 is the one CI runs),
+ * QCOW2_MATRIX_OPS=M makes each sequence M requests long.
+ */
+const SEEDS = Math.max(1, Number(process.env.QCOW2_MATRIX_SEEDS ?? 1));
+const OPS = Math.max(1, Number(process.env.QCOW2_MATRIX_OPS ?? 30));
+
 interface Case {
   compat: '0.10' | '1.1';
   clusterSize: number;
@@ -35,7 +42,7 @@ function cases(): Case[] {
 const name = (c: Case): string =>
   `compat=${c.compat} cluster=${c.clusterSize} refcount_bits=${c.refcountBits}${c.extendedL2 ? ' extended_l2' : ''}${c.backing ? ' backing' : ''}`;
 
-async function runCase(c: Case, index: number): Promise<void> {
+async function runCase(c: Case, index: number, seed: number): Promise<void> {
   const w = new Workdir();
   try {
     const size = c.clusterSize >= 2 * 1024 * 1024 ? 8 * 1024 * 1024 : 4 * 1024 * 1024;
@@ -49,9 +56,9 @@ async function runCase(c: Case, index: number): Promise<void> {
     }
     w.create('ours.qcow2', String(size), opts, extra);
     w.create('twin.qcow2', String(size), opts, extra);
-    const ops = genOps(0xc0ffee + index * 7919, size, c.clusterSize, 30);
+    const ops = genOps(0xc0ffee + index * 7919 + seed * 1_000_003, size, c.clusterSize, OPS);
 
-    const io = run('qemu-io', ['-d', 'unmap', '-f', 'qcow2', ...qemuIoCommands(ops).flatMap((x) => ['-c', x]), 'twin.qcow2'], w.dir);
+    const io = run('qemu-io', ['-d', 'unmap', '-f', 'qcow2', ...qemuIoCommands(ops, 'twin.qcow2').flatMap((x) => ['-c', x]), 'twin.qcow2'], w.dir);
     expect(io.out).not.toMatch(/Marking image as corrupt/);
 
     const graph = newGraph();
@@ -97,8 +104,10 @@ async function runCase(c: Case, index: number): Promise<void> {
 }
 
 describe.skipIf(!hasQemu)('write matrix against qemu-io 7.2', () => {
-  const all = cases();
-  test.concurrent.each(all.map((c, i) => [name(c), c, i] as const))('%s', async (_n, c, i) => {
-    await runCase(c, i);
+  const runs = cases().flatMap((c, i) =>
+    Array.from({ length: SEEDS }, (_, seed) => [seed ? `${name(c)} seed=${seed}` : name(c), c, i, seed] as const),
+  );
+  test.concurrent.each(runs)('%s', async (_n, c, i, seed) => {
+    await runCase(c, i, seed);
   });
 });
