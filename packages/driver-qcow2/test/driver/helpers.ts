@@ -1,13 +1,13 @@
 /// <reference types="node" />
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { Graph, isBlockError, type BlockNode, type BlockBackend, type Options } from '@blockgraph/block-core';
+import { BlockStatus, Graph, blockStatus, isBlockError, type BlockNode, type BlockBackend, type Options } from '@blockgraph/block-core';
 import { expect } from 'vitest';
 import { allRawDrivers } from '@blockgraph/driver-raw/file';
 import { qcow2Driver } from '../../src/node/index.js';
 
 export { Workdir, dataView } from '../format/qemu.js';
-import { hasQemu as hasQemuImg } from '../format/qemu.js';
+import { hasQemu as hasQemuImg, type Workdir } from '../format/qemu.js';
 
 /** qemu-img and qemu-io are both the oracle here; under CI=true their absence fails the suite. */
 export const hasQemu = hasQemuImg && spawnSync('qemu-io', ['--version'], { encoding: 'utf8' }).status === 0;
@@ -87,4 +87,76 @@ export async function expectCode(p: Promise<unknown>, code: string, message?: Re
     return;
   }
   throw new Error(`expected ${code}`);
+}
+
+/** One entry of `qemu-img map --output=json`. */
+export interface MapExtent {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  offset?: number;
+}
+
+/** `qemu-img map --output=json` from our block status, with qemu-img's own walk down the backing chain. */
+export async function blockgraphMap(node: BlockNode): Promise<MapExtent[]> {
+  const out: MapExtent[] = [];
+  const size = node.totalBytes;
+  for (let off = 0; off < size; ) {
+    let depth = 0;
+    let n: BlockNode = node;
+    let bytes = size - off;
+    let r = await blockStatus(n, true, off, bytes);
+    for (;;) {
+      if (r.ret & (BlockStatus.ZERO | BlockStatus.DATA)) break;
+      const cow = n.backing?.node;
+      if (!cow) {
+        r = { ...r, ret: 0 };
+        break;
+      }
+      bytes = r.pnum;
+      n = cow;
+      depth++;
+      r = await blockStatus(n, true, off, bytes);
+      if (r.pnum === 0) {
+        r = { ret: BlockStatus.ZERO, pnum: bytes };
+        break;
+      }
+    }
+    const e: MapExtent = {
+      start: off,
+      length: r.pnum,
+      depth,
+      present: (r.ret & BlockStatus.ALLOCATED) !== 0,
+      zero: (r.ret & BlockStatus.ZERO) !== 0,
+      data: (r.ret & BlockStatus.DATA) !== 0,
+    };
+    if (r.ret & BlockStatus.OFFSET_VALID && r.map !== undefined) e.offset = r.map;
+    const last = out[out.length - 1];
+    if (
+      last &&
+      last.depth === e.depth &&
+      last.present === e.present &&
+      last.zero === e.zero &&
+      last.data === e.data &&
+      (last.offset === undefined) === (e.offset === undefined) &&
+      (last.offset === undefined || last.offset + last.length === e.offset)
+    ) {
+      last.length += e.length;
+    } else {
+      out.push(e);
+    }
+    off += r.pnum;
+  }
+  return out;
+}
+
+/** `qemu-img map --output=json` of `image` in `w`. */
+export function qemuImgMap(w: Workdir, image: string): MapExtent[] {
+  const r = run('qemu-img', ['map', '--output=json', image], w.dir);
+  return (JSON.parse(r.out) as MapExtent[]).map(({ start, length, depth, present, zero, data, offset }) =>
+    offset === undefined ? { start, length, depth, present, zero, data } : { start, length, depth, present, zero, data, offset },
+  );
 }

@@ -4,9 +4,8 @@
  */
 import { statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { BlockStatus, blockStatus, type BlockNode } from '@blockgraph/block-core';
 import { makeSourceData } from '../format/source-data.js';
-import { Workdir, firstDiff, hasQemu, newGraph, openQcow2, qemuRawContent, readAll, run } from './helpers.js';
+import { Workdir, blockgraphMap, firstDiff, hasQemu, newGraph, openQcow2, qemuImgMap, qemuRawContent, readAll, run } from './helpers.js';
 
 interface ImageCase {
   name: string;
@@ -148,76 +147,6 @@ const CASES: ImageCase[] = [
   },
 ];
 
-interface Extent {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-  offset?: number;
-}
-
-/** qemu-img map --output=json from our block status, with qemu-img's own walk down the backing chain. */
-async function ourMap(node: BlockNode): Promise<Extent[]> {
-  const out: Extent[] = [];
-  const size = node.totalBytes;
-  for (let off = 0; off < size; ) {
-    let depth = 0;
-    let n: BlockNode = node;
-    let bytes = size - off;
-    let r = await blockStatus(n, true, off, bytes);
-    for (;;) {
-      if (r.ret & (BlockStatus.ZERO | BlockStatus.DATA)) break;
-      const cow = n.backing?.node;
-      if (!cow) {
-        r = { ...r, ret: 0 };
-        break;
-      }
-      bytes = r.pnum;
-      n = cow;
-      depth++;
-      r = await blockStatus(n, true, off, bytes);
-      if (r.pnum === 0) {
-        r = { ret: BlockStatus.ZERO, pnum: bytes };
-        break;
-      }
-    }
-    const e: Extent = {
-      start: off,
-      length: r.pnum,
-      depth,
-      present: (r.ret & BlockStatus.ALLOCATED) !== 0,
-      zero: (r.ret & BlockStatus.ZERO) !== 0,
-      data: (r.ret & BlockStatus.DATA) !== 0,
-    };
-    if (r.ret & BlockStatus.OFFSET_VALID && r.map !== undefined) e.offset = r.map;
-    const last = out[out.length - 1];
-    if (
-      last &&
-      last.depth === e.depth &&
-      last.present === e.present &&
-      last.zero === e.zero &&
-      last.data === e.data &&
-      (last.offset === undefined) === (e.offset === undefined) &&
-      (last.offset === undefined || last.offset + last.length === e.offset)
-    ) {
-      last.length += e.length;
-    } else {
-      out.push(e);
-    }
-    off += r.pnum;
-  }
-  return out;
-}
-
-function qemuMap(w: Workdir, image: string): Extent[] {
-  const r = run('qemu-img', ['map', '--output=json', image], w.dir);
-  return (JSON.parse(r.out) as Extent[]).map(({ start, length, depth, present, zero, data, offset }) =>
-    offset === undefined ? { start, length, depth, present, zero, data } : { start, length, depth, present, zero, data, offset },
-  );
-}
-
 describe.skipIf(!hasQemu)('reading images made by qemu-img 7.2', () => {
   let w: Workdir;
   beforeAll(() => {
@@ -262,7 +191,7 @@ describe.skipIf(!hasQemu)('reading images made by qemu-img 7.2', () => {
     const graph = newGraph();
     try {
       const { node } = await openQcow2(graph, w.path(image), { readOnly: true });
-      expect(await ourMap(node)).toEqual(qemuMap(w, image));
+      expect(await blockgraphMap(node)).toEqual(qemuImgMap(w, image));
     } finally {
       await graph.close();
     }
