@@ -146,10 +146,13 @@ export interface SnapshotInfo {
   vmStateSize: number;
   dateSec: number;
   dateNsec: number;
-  /** The guest clock when the snapshot was taken, in ns: a 64-bit value (2^53 ns is only 104 days). */
-  vmClockNsec: bigint;
+  /**
+   * The guest clock when the snapshot was taken, in ns. A 64-bit value: 2^53 ns is only 104 days, so a driver
+   * returns a bigint where a number would not be exact (qcow2 always does); readers take either.
+   */
+  vmClockNsec: number | bigint;
   /** Instructions executed (record/replay), signed 64-bit as QEMU reports it; absent when not recorded. */
-  icount?: bigint;
+  icount?: number | bigint;
 }
 
 export interface ReopenState {

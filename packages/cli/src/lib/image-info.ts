@@ -75,8 +75,8 @@ export function snapshotToQapi(s: SnapshotInfo): QObj {
     'vm-state-size': s.vmStateSize,
     'date-sec': s.dateSec,
     'date-nsec': s.dateNsec,
-    'vm-clock-sec': Number(s.vmClockNsec / 1_000_000_000n),
-    'vm-clock-nsec': Number(s.vmClockNsec % 1_000_000_000n),
+    'vm-clock-sec': Number(BigInt(s.vmClockNsec) / 1_000_000_000n),
+    'vm-clock-nsec': Number(BigInt(s.vmClockNsec) % 1_000_000_000n),
     icount: s.icount,
   };
 }
