@@ -11,7 +11,8 @@
 export const INT64_MAX = 2n ** 63n - 1n;
 const U64 = 2n ** 64n;
 
-export type SizeParse = { ok: true; value: bigint; warning?: string } | { ok: false; error: 'EINVAL' | 'ERANGE' };
+/** A size or number read from text: its value, or why it was refused (EINVAL: malformed; ERANGE: too large). */
+export type QemuNumberParse = { ok: true; value: bigint; warning?: string } | { ok: false; error: 'EINVAL' | 'ERANGE' };
 
 const INT64_MIN = -(2n ** 63n);
 
@@ -77,7 +78,7 @@ function strtou64(s: string, start: number, base: 0 | 10 | 16): { value: bigint;
 }
 
 /** qemu_strtou64(text, NULL, 0): a QemuOpts number. "-1" is accepted and wraps to 2^64 - 1, as in QEMU. */
-export function parseQemuU64(text: string): SizeParse {
+export function parseQemuU64(text: string): QemuNumberParse {
   const r = strtou64(text, 0, 0);
   if (!r || r.end !== text.length) return { ok: false, error: 'EINVAL' };
   if (r.range) return { ok: false, error: 'ERANGE' };
@@ -85,7 +86,7 @@ export function parseQemuU64(text: string): SizeParse {
 }
 
 /** qemu_strtoi64(text, NULL, 0): a signed integer (the QAPI keyval visitor's int64 members). */
-export function parseQemuI64(text: string): SizeParse {
+export function parseQemuI64(text: string): QemuNumberParse {
   const r = strtou64(text, 0, 0);
   if (!r || r.end !== text.length) return { ok: false, error: 'EINVAL' };
   const v = r.neg ? -r.magnitude : r.magnitude;
@@ -112,7 +113,7 @@ export function parseQemuBool(text: string): boolean | undefined {
 }
 
 /** qemu_strtosz(): the whole string must be consumed. */
-export function parseQemuSize(text: string): SizeParse {
+export function parseQemuSize(text: string): QemuNumberParse {
   const first = strtou64(text, 0, 10);
   if (!first) return { ok: false, error: 'EINVAL' };
   if (first.range) return { ok: false, error: 'ERANGE' };

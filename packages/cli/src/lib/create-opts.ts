@@ -105,10 +105,9 @@ export interface CreateSpec {
 const SIZE_HINT = 'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.';
 
 /**
- * qemu_opt_parse(): read a -o value by its option's type, as QemuOpts does before any driver sees it, or fail
- * in QEMU's words. Sizes and
- * numbers come back in decimal, the form QEMU prints and hands on ("0x10" is 16, "010" is 8, "63.9999k" is
- * 65536).
+ * qemu_opt_parse(): read a -o value by its option's type, as QemuOpts does before any driver sees it, or fail in
+ * QEMU's words. Sizes and numbers come back in decimal, the form QEMU prints and hands on ("0x10" is 16, "010"
+ * is 8, "63.9999k" is 65536).
  */
 export function parseOptValue(key: string, value: string, spec: OptionSpec | undefined): string {
   switch (spec?.type) {
