@@ -3,7 +3,7 @@ export * from './flags.js';
 export * from './perm.js';
 export { IOVector, isZeroBuffer } from './iovec.js';
 export * from './options.js';
-export { parseQemuBool, parseQemuI64, parseQemuSize, parseQemuU64, INT64_MAX, type QemuNumberParse } from './option-values.js';
+export { parseQemuBool, parseQemuI64, parseQemuInteger, parseQemuSize, parseQemuU64, INT64_MAX, type QemuNumberParse } from './option-values.js';
 export * from './spec.js';
 export { DriverRegistry } from './registry.js';
 export { Child, type ChildParent } from './child.js';

@@ -15,6 +15,7 @@ const U64 = 2n ** 64n;
 export type QemuNumberParse = { ok: true; value: bigint; warning?: string } | { ok: false; error: 'EINVAL' | 'ERANGE' };
 
 const INT64_MIN = -(2n ** 63n);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 function suffixMul(c: string | undefined): bigint {
   switch (c) {
@@ -92,6 +93,12 @@ export function parseQemuI64(text: string): QemuNumberParse {
   const v = r.neg ? -r.magnitude : r.magnitude;
   if (r.range || v > INT64_MAX || v < INT64_MIN) return { ok: false, error: 'ERANGE' };
   return { ok: true, value: v };
+}
+
+/** parseQemuI64() as a JavaScript number: NaN when malformed or beyond ±(2^53 - 1), where it would not be exact. */
+export function parseQemuInteger(text: string): number {
+  const r = parseQemuI64(text);
+  return r.ok && r.value <= MAX_SAFE && r.value >= -MAX_SAFE ? Number(r.value) : NaN;
 }
 
 /** qapi_bool_parse(): on/yes/true/y and off/no/false/n, nothing else (case matters). */

@@ -1,5 +1,5 @@
 import { BlockError } from './errors.js';
-import { parseQemuBool, parseQemuI64, parseQemuSize } from './option-values.js';
+import { parseQemuBool, parseQemuInteger, parseQemuSize } from './option-values.js';
 
 /**
  * Driver options are described by a small schema so that every driver rejects unknown or malformed options
@@ -64,15 +64,10 @@ export function normaliseOptions(input: Options): Options {
   return out;
 }
 
-/** A value of at most 2^53 - 1, or NaN: option values are JavaScript numbers. */
-function safeNumber(v: bigint): number {
-  return v <= BigInt(Number.MAX_SAFE_INTEGER) && v >= -BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : NaN;
-}
-
 /** QEMU's size syntax ("64M", "1.5G", "512", "0x10000"; binary units, see parseQemuSize). NaN when malformed. */
 export function parseSize(text: string): number {
   const r = parseQemuSize(text);
-  return r.ok ? safeNumber(r.value) : NaN;
+  return r.ok && r.value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(r.value) : NaN;
 }
 
 function parseBool(v: unknown): boolean | undefined {
@@ -116,13 +111,7 @@ export function convertOption(name: string, spec: OptionSpec, value: unknown): u
     case 'size': {
       let n: number;
       if (typeof value === 'number') n = value;
-      else if (typeof value === 'string') {
-        if (spec.type === 'size') n = parseSize(value);
-        else {
-          const r = parseQemuI64(value);
-          n = r.ok ? safeNumber(r.value) : NaN;
-        }
-      }
+      else if (typeof value === 'string') n = spec.type === 'size' ? parseSize(value) : parseQemuInteger(value);
       else return bad();
       if (!Number.isSafeInteger(n)) return bad();
       if (spec.min !== undefined && n < spec.min) {

@@ -4,7 +4,7 @@
  * the same text (the CLI's create tests replay a set of them against qemu-img itself).
  */
 import { describe, expect, it } from 'vitest';
-import { convertOption, parseQemuBool, parseQemuI64, parseQemuSize, parseQemuU64, parseSize } from '../src/index.js';
+import { convertOption, parseQemuBool, parseQemuI64, parseQemuInteger, parseQemuSize, parseQemuU64, parseSize } from '../src/index.js';
 
 describe('sizes (qemu_strtosz)', () => {
   const ok = (s: string, v: bigint) => expect(parseQemuSize(s)).toMatchObject({ ok: true, value: v });
@@ -91,5 +91,14 @@ describe('option conversion from text', () => {
     expect(convertOption('lazyRefcounts', { type: 'boolean' }, 'y')).toBe(true);
     expect(convertOption('lazyRefcounts', { type: 'boolean' }, 'n')).toBe(false);
     expect(() => convertOption('lazyRefcounts', { type: 'boolean' }, 'maybe')).toThrow("Parameter 'lazy-refcounts' expects");
+  });
+});
+
+describe('parseQemuInteger', () => {
+  it('a JavaScript number where it is exact, NaN otherwise', () => {
+    expect(parseQemuInteger('0x10')).toBe(16);
+    expect(parseQemuInteger('-9007199254740991')).toBe(-9007199254740991);
+    expect(parseQemuInteger('9007199254740992')).toBeNaN();
+    expect(parseQemuInteger('1.0')).toBeNaN();
   });
 });

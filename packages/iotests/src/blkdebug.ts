@@ -35,7 +35,7 @@ import {
   Perm,
   ReqFlag,
   parseQemuBool,
-  parseQemuI64,
+  parseQemuInteger,
   type BlockBackend,
   type BlockDriver,
   type BlockErrorCode,
@@ -150,11 +150,7 @@ function eventName(v: unknown): BlkdebugEvent {
 
 function int(name: string, v: unknown, dflt: number): number {
   if (v === undefined) return dflt;
-  let n = v;
-  if (typeof v === 'string') {
-    const r = parseQemuI64(v);
-    n = r.ok ? Number(r.value) : NaN;
-  }
+  const n = typeof v === 'string' ? parseQemuInteger(v) : v;
   if (typeof n !== 'number' || !Number.isSafeInteger(n)) invalid(`Parameter '${name}' expects a number`);
   return n;
 }

@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, isBlockError, parseQemuBool, parseQemuI64, parseSize, type OptionSchema, type Options } from '@blockgraph/block-core';
+import { BlockError, STRERROR, isBlockError, parseQemuBool, parseQemuInteger, parseSize, type OptionSchema, type Options } from '@blockgraph/block-core';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -70,9 +70,9 @@ function optBool(key: string, v: unknown): boolean {
 
 function optNumber(key: string, v: unknown): number {
   if (typeof v === 'number') return v;
-  const r = parseQemuI64(String(v));
-  if (r.ok && r.value <= BigInt(Number.MAX_SAFE_INTEGER) && r.value >= -BigInt(Number.MAX_SAFE_INTEGER)) return Number(r.value);
-  throw einval(`Parameter '${key}' expects a number`);
+  const n = parseQemuInteger(String(v));
+  if (Number.isNaN(n)) throw einval(`Parameter '${key}' expects a number`);
+  return n;
 }
 
 function optSize(key: string, v: unknown): number {
