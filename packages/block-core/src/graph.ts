@@ -172,8 +172,8 @@ export class Graph {
     } else {
       name = this.generateNodeName();
     }
-    const driverOpts: Options = {};
-    for (const [k, v] of Object.entries(opts)) if (!COMMON_KEYS.has(k)) driverOpts[k] = v;
+    // fromEntries defines own properties, also for a user's "__proto__" key (refused below as unknown).
+    const driverOpts: Options = Object.fromEntries(Object.entries(opts).filter(([k]) => !COMMON_KEYS.has(k)));
     const validated = validateOptions(driver.options, driverOpts, (k) =>
       driver.kind === 'protocol'
         ? `Block protocol '${driver.name}' doesn't support the option '${k}'`

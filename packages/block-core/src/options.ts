@@ -31,6 +31,18 @@ export function kebabCase(key: string): string {
 }
 
 /**
+ * Option keys come from users: "toString", "constructor" or "__proto__" are keys like any other, never what
+ * Object.prototype has under that name.
+ */
+function ownValue(o: Options, key: string): unknown {
+  return Object.hasOwn(o, key) ? o[key] : undefined;
+}
+
+function setOwn(o: Options, key: string, value: unknown): void {
+  Object.defineProperty(o, key, { value, writable: true, enumerable: true, configurable: true });
+}
+
+/**
  * Turn QEMU-style option objects (kebab-case keys, dotted keys such as `file.filename`) into nested camelCase
  * objects. Works recursively on nested references.
  */
@@ -42,12 +54,12 @@ export function normaliseOptions(input: Options): Options {
     let target = out;
     for (let i = 0; i < path.length - 1; i++) {
       const k = path[i]!;
-      const cur = target[k];
+      const cur = ownValue(target, k);
       if (cur === undefined || typeof cur !== 'object' || cur === null) {
         if (typeof cur === 'string') {
           throw new BlockError('EINVAL', `Cannot set '${rawKey}': '${kebabCase(path.slice(0, i + 1).join('.'))}' is a node reference`);
         }
-        target[k] = {};
+        setOwn(target, k, {});
       }
       target = target[k] as Options;
     }
@@ -55,10 +67,11 @@ export function normaliseOptions(input: Options): Options {
     const v = value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Uint8Array)
       ? normaliseOptions(value as Options)
       : value;
-    if (typeof target[last] === 'object' && target[last] !== null && typeof v === 'object' && v !== null) {
-      target[last] = { ...(target[last] as Options), ...(v as Options) };
+    const cur = ownValue(target, last);
+    if (typeof cur === 'object' && cur !== null && typeof v === 'object' && v !== null) {
+      setOwn(target, last, { ...(cur as Options), ...(v as Options) });
     } else {
-      target[last] = v;
+      setOwn(target, last, v);
     }
   }
   return out;
@@ -150,7 +163,7 @@ export function validateOptions(
 ): Options {
   const out: Options = {};
   for (const [key, value] of Object.entries(options)) {
-    const spec = schema[key];
+    const spec = Object.hasOwn(schema, key) ? schema[key] : undefined;
     if (!spec) throw new BlockError('EINVAL', unknown(kebabCase(key)));
     if (value === undefined) continue;
     out[key] = convertOption(key, spec, value);

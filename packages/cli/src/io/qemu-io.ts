@@ -1192,7 +1192,8 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
       copyOnRead: flags.copyOnRead,
       perm: Perm.CONSISTENT_READ | (flags.readOnly ? 0 : Perm.WRITE),
       shared: flags.forceShare ? PERM_ALL : Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED,
-      errorPrefix: `can't open${name ? ` device ${name}` : ''}: `,
+      // With --image-opts qemu-io names no device: openfile() gets the options, not a name.
+      errorPrefix: `can't open${name && !imageOpts ? ` device ${name}` : ''}: `,
     });
     s.blk = img.blk;
     s.top = img.top;

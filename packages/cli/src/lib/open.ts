@@ -10,6 +10,7 @@ import {
   isBlockError,
   normaliseOptions,
   parseJsonFilename,
+  parseQemuBool,
   type BlockBackend,
   type BlockNode,
   type Graph,
@@ -111,6 +112,12 @@ function withProtocolDefault(ref: unknown, fileOptions: Options | undefined): un
   return ref;
 }
 
+function readOnlyOption(v: unknown): boolean {
+  const b = typeof v === 'boolean' ? v : typeof v === 'string' ? parseQemuBool(v) : undefined;
+  if (b === undefined) throw new BlockError('EINVAL', "Parameter 'read-only' expects 'on' or 'off'");
+  return b;
+}
+
 /** Open an image; errors come back as "Could not open '<name>': <reason>". */
 export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
   try {
@@ -126,8 +133,13 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
   // bdrv_open_common(): copy-on-read writes into the image, so it is refused before anything is opened.
   if (spec.copyOnRead && spec.readOnly) throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
   const o = imageOptions(spec);
+  // An explicit read-only in the image's own options wins over the command's mode, as in bdrv_open(); a command
+  // that writes then fails the way blk_new_open() does, before anything is opened.
+  const explicitReadOnly = o.readOnly === undefined ? undefined : readOnlyOption(o.readOnly);
+  delete o.readOnly;
+  if (explicitReadOnly && !spec.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
   const common: Options = {};
-  common.readOnly = spec.readOnly;
+  common.readOnly = spec.readOnly || explicitReadOnly === true;
   if (spec.forceShare) common.forceShare = true;
   if (spec.cache && (spec.cache.direct || spec.cache.noFlush)) {
     common.cache = { direct: spec.cache.direct, noFlush: spec.cache.noFlush };
