@@ -42,6 +42,36 @@ export const OPTIONAL_DRIVERS: readonly OptionalDriver[] = [
   { pkg: '@blockgraph/filter-cor', exportName: 'copyOnReadDriver', name: 'copy-on-read', kind: 'filter' },
 ];
 
+const ascii = (text: string): Uint8Array => Uint8Array.from(text, (c) => c.charCodeAt(0));
+const at = (head: Uint8Array, offset: number, bytes: Uint8Array): boolean =>
+  head.length >= offset + bytes.length && bytes.every((b, i) => head[offset + i] === b);
+
+/**
+ * Formats QEMU reads and blockgraph has no driver for, by the signatures QEMU's probes look for. A probe that
+ * finds nothing else would call such an image raw, and a write would then go over its header: these are
+ * refused instead (`-f raw` still opens the file as raw data).
+ */
+const FOREIGN_FORMATS: readonly { name: string; match: (head: Uint8Array) => boolean }[] = [
+  { name: 'qcow', match: (h) => at(h, 0, new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 1])) },
+  { name: 'vmdk', match: (h) => at(h, 0, ascii('KDMV')) || at(h, 0, ascii('COWD')) || at(h, 0, ascii('# Disk DescriptorFile')) },
+  { name: 'vdi', match: (h) => at(h, 64, new Uint8Array([0x7f, 0x10, 0xda, 0xbe])) },
+  { name: 'qed', match: (h) => at(h, 0, ascii('QED\0')) },
+  { name: 'vpc', match: (h) => at(h, 0, ascii('conectix')) },
+  { name: 'vhdx', match: (h) => at(h, 0, ascii('vhdxfile')) },
+  { name: 'parallels', match: (h) => at(h, 0, ascii('WithoutFreeSpace')) || at(h, 0, ascii('WithouFreSpacExt')) },
+  { name: 'bochs', match: (h) => at(h, 0, ascii('Bochs Virtual HD Image')) },
+  { name: 'luks', match: (h) => at(h, 0, new Uint8Array([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])) },
+];
+
+/** The QEMU format an image's first bytes say it is in, when blockgraph has no driver for it. */
+export function foreignFormat(head: Uint8Array): string | undefined {
+  return FOREIGN_FORMATS.find((f) => f.match(head))?.name;
+}
+
+export function foreignFormatMessage(name: string): string {
+  return `Image format '${name}' is not supported by blockgraph (use -f raw to open the file as raw data)`;
+}
+
 /** Is this error "the package is not installed" (rather than a broken package)? */
 export function isModuleMissing(e: unknown, pkg: string): boolean {
   const code = (e as { code?: string } | null)?.code;

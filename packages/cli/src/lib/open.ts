@@ -18,7 +18,7 @@ import {
 } from '@blockgraph/block-core';
 import { CliError, oneLine, type Ctx } from './context.js';
 import { parseQemuOpts, optsToObject } from './qemu-opts.js';
-import { OPTIONAL_DRIVERS, missingDrivers, notInstalledMessage } from './drivers.js';
+import { OPTIONAL_DRIVERS, foreignFormat, foreignFormatMessage, missingDrivers, notInstalledMessage } from './drivers.js';
 
 export interface CacheMode {
   direct: boolean;
@@ -118,6 +118,17 @@ function readOnlyOption(v: unknown): boolean {
   return b;
 }
 
+/** The first bytes of a node, as the format probes see them (short for a short file). */
+async function readHead(graph: Graph, node: BlockNode): Promise<Uint8Array> {
+  const blk = graph.backend(node, { perm: Perm.CONSISTENT_READ, shared: PERM_ALL });
+  try {
+    const n = Math.min(512, node.totalBytes);
+    return n > 0 ? await blk.read(0, n) : new Uint8Array(0);
+  } finally {
+    blk.remove();
+  }
+}
+
 /** Open an image; errors come back as "Could not open '<name>': <reason>". */
 export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
   try {
@@ -176,6 +187,13 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       else fileNode = await graph.addNode({ ...(fileRef as Options), ...common, discard: 'unmap' });
       fmt = (await graph.probeFormat(fileNode)).name;
       probed = true;
+      if (fmt === 'raw') {
+        const foreign = foreignFormat(await readHead(graph, fileNode));
+        if (foreign) {
+          if (fileNode.parents.length === 0) await graph.closeNode(fileNode).catch(() => undefined);
+          throw new BlockError('ENOTSUP', foreignFormatMessage(foreign));
+        }
+      }
       if (missingDrivers.has(fmt)) {
         const d = OPTIONAL_DRIVERS.find((x) => x.name === fmt)!;
         throw new BlockError('ENOTSUP', notInstalledMessage(d));
