@@ -83,6 +83,9 @@ describe('blockgraph rebase on qcow2 against qemu-img rebase', () => {
     ['top.qcow2', ['-b', 'raw.img', '-F', 'qcow2']],
     ['top.qcow2', []],
     ['top.qcow2', ['-u', '-b', 'x'.repeat(1100), '-F', 'qcow2']],
+    // A new backing file without its format: refused, the header keeps the old one.
+    ['top.qcow2', ['-u', '-b', 'raw.img']],
+    ['top.qcow2', ['-b', 'other.qcow2']],
   ];
   for (const [image, args] of CASES) {
     it(`rebase ${args.map((a) => (a.length > 40 ? `${a.slice(0, 8)}…` : a)).join(' ')} ${image}`, async (ctx) => {

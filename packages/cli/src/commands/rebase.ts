@@ -166,15 +166,16 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         if (prefixChain) newBacking?.remove();
       }
 
+      // bdrv_change_backing_file(..., require=true): a new backing file needs its format in the header.
+      if (outBaseimg && !outBasefmt) {
+        throw new CliError(`Could not change the backing file to '${outBaseimg}': backing format must be specified`);
+      }
       try {
         if (outBaseimg) await changeBackingFile(unfiltered, outBaseimg, outBasefmt);
         else await changeBackingFile(unfiltered, undefined, undefined);
       } catch (e) {
         const code = (e as { code?: string }).code;
         if (code === 'ENOSPC') throw new CliError(`Could not change the backing file to '${outBaseimg}': No space left in the file header`);
-        if (code === 'EINVAL' && outBaseimg && !outBasefmt) {
-          throw new CliError(`Could not change the backing file to '${outBaseimg}': backing format must be specified`);
-        }
         const text = code && code in STRERROR ? STRERROR[code as keyof typeof STRERROR] : (e as Error).message;
         throw new CliError(`Could not change the backing file to '${outBaseimg ?? ''}': ${text}`);
       }
