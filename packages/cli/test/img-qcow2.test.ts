@@ -274,6 +274,24 @@ describe('qcow2 against QEMU 7.2', () => {
     }
   });
 
+  describe('an empty format name is an unknown format, not a request to probe; -O and --target-image-opts exclude each other', () => {
+    const cases: [string, string[], string][] = [
+      ['info', ['-f', '', 'std.qcow2'], 'std.qcow2'],
+      ['map', ['-f', '', 'std.qcow2'], 'std.qcow2'],
+      ['check', ['-f', '', 'std.qcow2'], 'std.qcow2'],
+      ['convert', ['-O', '', 'std.qcow2', 'x.qcow2'], 'x.qcow2'],
+      ['convert', ['-n', '--target-image-opts', '-O', 'raw', 'std.qcow2', 'driver=qcow2,file.filename=x.qcow2'], 'x.qcow2'],
+    ];
+    for (const [cmd, args, file] of cases) {
+      it(`${cmd} ${args.join(' ')}`, async (ctx) => {
+        need(ctx);
+        t = await sub(cmd, args);
+        expectSame(t);
+        expectSameFile(t, file);
+      });
+    }
+  });
+
   describe('info, map, check', () => {
     const images = ['std.qcow2', 'v2.qcow2', 'el2.qcow2', 'base.qcow2', 'overlay.qcow2', 'comp.qcow2', 'compz.qcow2'];
     for (const img of images) {

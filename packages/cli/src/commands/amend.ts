@@ -10,7 +10,7 @@ import { entriesToOptions, parseOptValue, snakeCase } from '../lib/create-opts.j
 import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../lib/qemu-opts.js';
-import { formatDriver } from './convert.js';
+import { formatDriver } from './create.js';
 import { reportingCorruption } from './snapshot.js';
 
 type Amendable = BlockDriver & { amendOptions?: OptionSchema };

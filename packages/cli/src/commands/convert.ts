@@ -16,12 +16,11 @@ import {
   type BlockBackend,
   type BlockDriver,
   type BlockNode,
-  type Graph,
 } from '@blockgraph/block-core';
 import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, type Ctx } from '../lib/context.js';
 import { blockOptionHelp, createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';
-import { OPTIONAL_DRIVERS, missingDrivers, notInstalledMessage } from '../lib/drivers.js';
+import { formatDriver } from './create.js';
 import { driverInfo } from '../lib/image-info.js';
 import { errMessage, openImage, parseCacheMode, withGraph, type OpenedImage } from '../lib/open.js';
 import { createProgress, type Progress } from '../lib/progress.js';
@@ -552,7 +551,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         throw new CliError('--object is not supported');
     }
   }
-  if (!outFmt && !tgtImageOpts) outFmt = 'raw';
+  if (outFmt === undefined && !tgtImageOpts) outFmt = 'raw';
   if (compressed && copyRange) throw new CliError('Cannot enable copy offloading when -c is used');
   if (explicitMinSparse && copyRange) throw new CliError('Cannot enable copy offloading when -S is used');
   if (copyRange && salvage) throw new CliError('Cannot use copy offloading in salvaging mode');
@@ -641,7 +640,8 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       if (!cacheMode) throw new CliError(`Invalid cache option: ${cache}`);
       const target: OpenedImage = await openImage(ctx, graph, {
         filename: outFilename!,
-        format: skipCreate && tgtImageOpts ? undefined : outFmt,
+        // img_open() refuses -O with --target-image-opts rather than ignoring it.
+        format: outFmt,
         imageOpts: skipCreate && tgtImageOpts,
         readOnly: false,
         cache: cacheMode,
@@ -683,8 +683,3 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   return 0;
 }
 
-export function formatDriver(graph: Graph, fmt: string): BlockDriver {
-  if (!graph.registry.has(fmt)) throw new CliError(`Unknown file format '${fmt}'`);
-  if (missingDrivers.has(fmt)) throw new CliError(notInstalledMessage(OPTIONAL_DRIVERS.find((d) => d.name === fmt)!));
-  return graph.registry.get(fmt);
-}

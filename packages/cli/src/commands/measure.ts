@@ -10,7 +10,7 @@ import { createOptionList, entriesToOptions, parseCreateOptions } from '../lib/c
 import { errMessage, openImage, withGraph } from '../lib/open.js';
 import { toQemuJsonPretty } from '../lib/qjson.js';
 import { isValidOptionList } from '../lib/qemu-opts.js';
-import { formatDriver } from './convert.js';
+import { formatDriver } from './create.js';
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const { options, operands } = parseArgs(argv, ':hf:O:o:l:U', [

@@ -89,13 +89,14 @@ export interface OpenedImage {
 export function imageOptions(spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts'>): Options {
   let o: Options;
   if (spec.imageOpts) {
-    if (spec.format) throw new CliError('--image-opts and --format are mutually exclusive');
+    if (spec.format !== undefined) throw new CliError('--image-opts and --format are mutually exclusive');
     o = normaliseOptions(optsToObject(parseQemuOpts(spec.filename)));
   } else {
     const json = parseJsonFilename(spec.filename);
     o = json ?? { filename: spec.filename };
   }
-  if (spec.format) o.driver = spec.format;
+  // An empty -f names no driver, it does not ask for probing ("Unknown driver ''").
+  if (spec.format !== undefined) o.driver = spec.format;
   return o;
 }
 
