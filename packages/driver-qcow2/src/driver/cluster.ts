@@ -291,7 +291,9 @@ export async function getClusterTable(s: Qcow2State, offset: number): Promise<{ 
   if (l2Offset % s.clusterSize) {
     throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
   }
-  if (!(raw.hi & 0x80000000)) {
+  // An entry without an offset names no L2 table, whatever its flags: with COPIED set (a damaged L1 table), QEMU
+  // 7.2 would take the header cluster for the table and abort.
+  if (!(raw.hi & 0x80000000) || l2Offset === 0) {
     await l2Allocate(s, l1Index);
     if (l2Offset) await freeClusters(s, l2Offset, s.clusterSize, DiscardType.OTHER);
     l2Offset = s.l1L2Offset(l1Index);
