@@ -292,6 +292,38 @@ describe('qcow2 against QEMU 7.2', () => {
     }
   });
 
+  describe('check -r on an image marked corrupt: opened for repair (BDRV_O_CHECK), repaired and unmarked as by QEMU', () => {
+    /**
+     * std.qcow2 with the corrupt bit set (incompatible features, bit 1), optionally with a leaked cluster too: one
+     * more cluster at the end of the file with refcount 1 (16-bit entries in the refcount block at 0x20000).
+     */
+    const corrupt = (leak: boolean) => (d: string) => {
+      refImages(d);
+      const f = join(d, 'std.qcow2');
+      const fd = openSync(f, 'r+');
+      try {
+        writeSync(fd, new Uint8Array([2]), 0, 1, 79);
+        if (leak) {
+          const cluster = Math.ceil(statSync(f).size / 65536);
+          writeSync(fd, new Uint8Array(65536), 0, 65536, cluster * 65536);
+          writeSync(fd, new Uint8Array([0, 1]), 0, 2, 0x20000 + cluster * 2);
+        }
+      } finally {
+        closeSync(fd);
+      }
+    };
+    for (const leak of [false, true]) {
+      for (const args of [[], ['-r', 'leaks'], ['-r', 'all'], ['-r', 'all', '--output=json']]) {
+        it(`check ${args.join(' ')}${leak ? ' (and a leak)' : ''}`, async (ctx) => {
+          need(ctx);
+          t = await twin(corrupt(leak), (d) => ['check', ...args, join(d, 'std.qcow2')]);
+          expectSame(t);
+          expectSameFile(t, 'std.qcow2');
+        });
+      }
+    }
+  });
+
   describe('info, map, check', () => {
     const images = ['std.qcow2', 'v2.qcow2', 'el2.qcow2', 'base.qcow2', 'overlay.qcow2', 'comp.qcow2', 'compz.qcow2'];
     for (const img of images) {

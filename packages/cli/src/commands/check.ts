@@ -52,6 +52,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       readOnly: fix === 'none',
       forceShare,
       cache: cacheMode,
+      check: true,
     });
     const node = img.image;
     if (!node.impl.check) {

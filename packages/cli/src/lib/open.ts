@@ -65,6 +65,11 @@ export interface OpenSpec {
   fileOptions?: Options;
   /** Don't print the "probing guessed raw" warning. */
   quiet?: boolean;
+  /**
+   * Open for qemu-img check (BDRV_O_CHECK): a format that knows the mode may then open a corrupt image read-write
+   * to repair it, and leaves a dirty one for the check to find.
+   */
+  check?: boolean;
   /** Backend permissions; default: read (+ write when writable), sharing read, write and write-unchanged. */
   perm?: number;
   shared?: number;
@@ -206,6 +211,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
     else if (typeof fileRef === 'string') nodeOpts.file = fileRef;
     else nodeOpts.file = { ...(fileRef as Options), discard: 'unmap', ...(spec.forceShare ? { forceShare: true } : {}) };
     if (spec.noBacking && 'backing' in fmtDriver.options && nodeOpts.backing === undefined) nodeOpts.backing = null;
+    if (spec.check && 'checkMode' in fmtDriver.options) nodeOpts.checkMode = true;
     try {
       image = await graph.addNode(nodeOpts);
     } catch (e) {
