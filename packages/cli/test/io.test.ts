@@ -19,6 +19,7 @@ const rawImage = cachedSetup((dir: string): void => {
   must('qemu-img', 'create', '-q', '-f', 'raw', f, '4M');
   must('qemu-io', '-f', 'raw', '-c', 'write -P 0x11 0 64k', '-c', 'write -P 0x22 1M 4k', f);
   writeFileSync(join(dir, 'pattern.bin'), 'blockgraph!');
+  writeFileSync(join(dir, 'empty.bin'), '');
 });
 
 async function golden(cmds: string[], opts: { args?: string[]; file?: string | null } = {}): Promise<Twin> {
@@ -63,6 +64,7 @@ const SEQUENCES: [string, string[]][] = [
   ['help', ['help']],
   ['beyond the end', ['read 4M 1k', 'write 4M 1k', 'read 3M 2M']],
   ['pattern file (-s)', ['write -s $DIR/pattern.bin 0 100', 'read -v 0 32']],
+  ['pattern file (-s) missing, a directory, empty', ['write -s $DIR/nope.bin 0 100', 'write -s $DIR 0 100', 'write -s $DIR/empty.bin 0 100']],
   ['sector alignment of -c/-b', ['write -c 1 512', 'write -b 0 100', 'read -b 0 512', 'write -b -z 0 512', 'write -f -c 0 512']],
   ['close and commands without a file', ['close', 'read 0 1', 'close', 'sleep 1', 'sleep x']],
   ['open and reopen', ['close', 'open -o driver=raw $DIR/a.raw', 'read -P 0x11 0 4k', 'open $DIR/a.raw', 'close', 'open -r -o driver=raw $DIR/a.raw', 'write 0 1', 'close']],

@@ -78,10 +78,19 @@ function report(s: IoState, msg: string): void {
   s.ctx.err(`${PROGRAM}: ${oneLine(msg)}\n`);
 }
 
+/** glibc's strerror() for the other errors a host file (a -s pattern file) can give. */
+const HOST_STRERROR: Record<string, string> = {
+  EISDIR: 'Is a directory',
+  ENOTDIR: 'Not a directory',
+  ELOOP: 'Too many levels of symbolic links',
+  ENAMETOOLONG: 'File name too long',
+};
+
 function strerror(e: unknown): string {
   if (isBlockError(e)) return STRERROR[e.code];
   const code = (e as { code?: string } | null)?.code;
   if (code && code in STRERROR) return STRERROR[code as keyof typeof STRERROR];
+  if (code && code in HOST_STRERROR) return HOST_STRERROR[code]!;
   return errMessage(e);
 }
 
@@ -478,14 +487,15 @@ const writeCmd: CmdInfo = {
     if (!zflag) {
       if (sflag) {
         let src: Uint8Array;
+        // qemu_io_alloc_from_file() (7.2): perror() and its own message, on stderr.
         try {
           src = readFileSync(fileName);
         } catch (e) {
-          out(s, `Failed to open file: ${strerror(e)}\n`);
+          s.ctx.err(`${fileName}: ${strerror(e)}\n`);
           return EINVAL;
         }
         if (src.length === 0) {
-          out(s, `Failed to read file: ${fileName}\n`);
+          s.ctx.err(`${fileName}: file is empty\n`);
           return EINVAL;
         }
         buf = new Uint8Array(count);
