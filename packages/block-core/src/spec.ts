@@ -207,6 +207,11 @@ export interface BlockDriverInstance {
   getInfo?(): DriverInfo;
   getSpecificInfo?(): { type: string; data: Record<string, unknown> } | undefined;
   getAllocatedFileSize?(): Promise<number>;
+  /**
+   * bdrv_co_delete_file(): remove the storage this protocol node is open on (a format's create() does it when it
+   * fails half way, so that no unusable file is left behind). The node stays open until it is closed.
+   */
+  deleteFile?(): Promise<void>;
   /** A freshly created image reads as zeroes (lets jobs skip zeroing the target). */
   hasZeroInit?(): boolean;
 

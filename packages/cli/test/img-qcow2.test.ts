@@ -222,6 +222,13 @@ describe('qcow2 against QEMU 7.2', () => {
         expectSameFile(t, 'x.qcow2');
       });
     }
+    it('create failing after the file was made (an unusable data_file): the file is removed again, as by QEMU', async (ctx) => {
+      need(ctx);
+      t = await sub('create', ['-f', 'qcow2', '-o', 'data_file=', 'x.qcow2', '1M']);
+      expectSame(t);
+      expect(existsSync(join(t.bdir, 'x.qcow2'))).toBe(false);
+      expectSameFile(t, 'x.qcow2');
+    });
     it('create -o size=1.5k (the size from -o alone)', async (ctx) => {
       need(ctx);
       t = await sub('create', ['-f', 'qcow2', '-o', 'size=1.5k', 'x.qcow2']);

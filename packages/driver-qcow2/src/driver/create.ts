@@ -197,68 +197,94 @@ export async function createQcow2(graph: Graph, o: Options, driverName: string):
   if (o.nocow !== undefined) fileOpts.nocow = o.nocow;
   if (o.extentSizeHint !== undefined) fileOpts.extentSizeHint = o.extentSizeHint;
   await graph.createImage('file', fileOpts);
-  if (p.dataFile !== undefined) await graph.createImage('file', { filename: p.dataFile, size: 0 });
-
-  // Like QEMU (BDRV_O_NO_FLUSH while creating), no flush reaches the disk until the image is complete.
-  const noFlush = { noFlush: true };
-  const fileNode = await graph.addNode({ driver: 'file', filename: p.filename, discard: 'unmap', cache: noFlush });
-  const dataNode =
-    p.dataFile !== undefined ? await graph.addNode({ driver: 'file', filename: p.dataFile, discard: 'unmap', cache: noFlush }) : null;
+  // qcow2_co_create_opts(): once the file exists, a failure removes it again (bdrv_co_delete_file_noerr), and the
+  // data file with it, so that no half-made image is left behind.
+  let dataCreated = false;
   try {
-    // Header and a refcount table whose only refcount block (cluster 2) is still empty.
-    const raw = graph.backend(fileNode, { perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE, shared: PERM_ALL, allowBeyondEof: true });
-    try {
-      const cs = p.clusterSize;
-      await raw.pwrite(0, initialHeader(p));
-      const rt = new Uint8Array(2 * cs);
-      writeU64(new DataView(rt.buffer), 0, 2 * cs);
-      await raw.pwrite(cs, rt);
-    } finally {
-      raw.remove();
+    if (p.dataFile !== undefined) {
+      await graph.createImage('file', { filename: p.dataFile, size: 0 });
+      dataCreated = true;
     }
 
-    const opts: Options = { driver: driverName, file: fileNode.nodeName, backing: null, cacheCleanInterval: 0 };
-    if (dataNode) opts.dataFile = dataNode.nodeName;
-    const node = await graph.addNode(opts);
+    // Like QEMU (BDRV_O_NO_FLUSH while creating), no flush reaches the disk until the image is complete.
+    const noFlush = { noFlush: true };
+    const fileNode = await graph.addNode({ driver: 'file', filename: p.filename, discard: 'unmap', cache: noFlush });
+    const dataNode =
+      p.dataFile !== undefined ? await graph.addNode({ driver: 'file', filename: p.dataFile, discard: 'unmap', cache: noFlush }) : null;
     try {
-      const inst = node.impl as Qcow2Instance;
-      const s = inst.state;
-      await s.lock.lock();
+      // Header and a refcount table whose only refcount block (cluster 2) is still empty.
+      const raw = graph.backend(fileNode, { perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE, shared: PERM_ALL, allowBeyondEof: true });
       try {
-        const first = await allocClusters(s, 3 * p.clusterSize);
-        if (first !== 0) throw new BlockError('EIO', 'Huh, first cluster in empty image is already in use?');
-        if (p.dataFile !== undefined) s.header.extensions.dataFile = p.dataFile;
-        await updateHeader(s);
+        const cs = p.clusterSize;
+        await raw.pwrite(0, initialHeader(p));
+        const rt = new Uint8Array(2 * cs);
+        writeU64(new DataView(rt.buffer), 0, 2 * cs);
+        await raw.pwrite(cs, rt);
       } finally {
-        s.lock.unlock();
+        raw.remove();
       }
-      const be = graph.backend(node, { perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE, shared: PERM_ALL });
+
+      const opts: Options = { driver: driverName, file: fileNode.nodeName, backing: null, cacheCleanInterval: 0 };
+      if (dataNode) opts.dataFile = dataNode.nodeName;
+      const node = await graph.addNode(opts);
       try {
-        await be.truncate(p.size, false, p.prealloc, 0);
-      } catch (e) {
-        throw e instanceof BlockError ? e.prepend('Could not resize image: ') : e;
-      } finally {
-        be.remove();
-      }
-      if (p.backingFile !== undefined) {
-        if (s.dataFileIsRaw) throw einval(`Could not assign backing file '${p.backingFile}'`);
+        const inst = node.impl as Qcow2Instance;
+        const s = inst.state;
         await s.lock.lock();
         try {
-          s.header.backingFile = p.backingFile;
-          s.header.extensions.backingFormat = p.backingFmt ?? null;
+          const first = await allocClusters(s, 3 * p.clusterSize);
+          if (first !== 0) throw new BlockError('EIO', 'Huh, first cluster in empty image is already in use?');
+          if (p.dataFile !== undefined) s.header.extensions.dataFile = p.dataFile;
           await updateHeader(s);
         } finally {
           s.lock.unlock();
         }
+        const be = graph.backend(node, { perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE, shared: PERM_ALL });
+        try {
+          await be.truncate(p.size, false, p.prealloc, 0);
+        } catch (e) {
+          throw e instanceof BlockError ? e.prepend('Could not resize image: ') : e;
+        } finally {
+          be.remove();
+        }
+        if (p.backingFile !== undefined) {
+          if (s.dataFileIsRaw) throw einval(`Could not assign backing file '${p.backingFile}'`);
+          await s.lock.lock();
+          try {
+            s.header.backingFile = p.backingFile;
+            s.header.extensions.backingFormat = p.backingFmt ?? null;
+            await updateHeader(s);
+          } finally {
+            s.lock.unlock();
+          }
+        }
+      } finally {
+        await graph.deleteNode(node);
       }
+      // Then everything is flushed once, as QEMU's final reopen does.
+      await fileNode.impl.flushToDisk?.();
+      await dataNode?.impl.flushToDisk?.();
+    } finally {
+      if (dataNode && !dataNode.closed && dataNode.parents.length === 0) await graph.deleteNode(dataNode);
+      if (!fileNode.closed && fileNode.parents.length === 0) await graph.deleteNode(fileNode);
+    }
+  } catch (e) {
+    await deleteFileNoErr(graph, p.filename);
+    if (dataCreated) await deleteFileNoErr(graph, p.dataFile!);
+    throw e;
+  }
+}
+
+/** bdrv_co_delete_file_noerr() on a file by name. */
+async function deleteFileNoErr(graph: Graph, filename: string): Promise<void> {
+  try {
+    const node = await graph.addNode({ driver: 'file', filename });
+    try {
+      await node.impl.deleteFile?.();
     } finally {
       await graph.deleteNode(node);
     }
-    // Then everything is flushed once, as QEMU's final reopen does.
-    await fileNode.impl.flushToDisk?.();
-    await dataNode?.impl.flushToDisk?.();
-  } finally {
-    if (dataNode && !dataNode.closed && dataNode.parents.length === 0) await graph.deleteNode(dataNode);
-    if (!fileNode.closed && fileNode.parents.length === 0) await graph.deleteNode(fileNode);
+  } catch {
+    // as QEMU: the creation error is what the caller sees
   }
 }

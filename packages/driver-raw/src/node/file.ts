@@ -250,6 +250,16 @@ class FileInstance implements BlockDriverInstance {
     }
   }
 
+  /** raw_co_delete_file(): unlink the file (only regular files, as QEMU checks). */
+  async deleteFile(): Promise<void> {
+    try {
+      if (!(await fstat(this.fd)).isFile()) throw new BlockError('ENOTSUP', 'Only regular files can be deleted');
+      await fs.promises.unlink(this.filename);
+    } catch (e) {
+      throw isBlockError(e) ? e : ioError(e, `Could not delete '${this.filename}'`);
+    }
+  }
+
   /** A new regular file reads as zeroes. */
   hasZeroInit(): boolean {
     return true;
