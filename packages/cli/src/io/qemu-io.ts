@@ -18,6 +18,7 @@ import {
   type Graph,
   type PreallocMode,
 } from '@blockgraph/block-core';
+import { hostStrerror } from '@blockgraph/driver-raw/file';
 import { readFileSync } from 'node:fs';
 import { PROGRAM, oneLine, type Ctx } from '../lib/context.js';
 import { getopt, GetoptError } from '../lib/getopt.js';
@@ -78,19 +79,10 @@ function report(s: IoState, msg: string): void {
   s.ctx.err(`${PROGRAM}: ${oneLine(msg)}\n`);
 }
 
-/** glibc's strerror() for the other errors a host file (a -s pattern file) can give. */
-const HOST_STRERROR: Record<string, string> = {
-  EISDIR: 'Is a directory',
-  ENOTDIR: 'Not a directory',
-  ELOOP: 'Too many levels of symbolic links',
-  ENAMETOOLONG: 'File name too long',
-};
-
 function strerror(e: unknown): string {
   if (isBlockError(e)) return STRERROR[e.code];
   const code = (e as { code?: string } | null)?.code;
   if (code && code in STRERROR) return STRERROR[code as keyof typeof STRERROR];
-  if (code && code in HOST_STRERROR) return HOST_STRERROR[code]!;
   return errMessage(e);
 }
 
@@ -491,7 +483,7 @@ const writeCmd: CmdInfo = {
         try {
           src = readFileSync(fileName);
         } catch (e) {
-          s.ctx.err(`${fileName}: ${strerror(e)}\n`);
+          s.ctx.err(`${fileName}: ${hostStrerror(e)}\n`);
           return EINVAL;
         }
         if (src.length === 0) {

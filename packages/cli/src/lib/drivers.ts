@@ -100,7 +100,7 @@ function placeholder(d: OptionalDriver): BlockDriver {
     capabilities: { ...NO_CAPABILITIES, write: true },
     options: { file: { type: 'ref' }, backing: { type: 'ref', nullable: true } },
     createOptions: {},
-    probe: magic ? (head) => (head.length >= magic.length && magic.every((b, i) => head[i] === b) ? 100 : 0) : undefined,
+    probe: magic ? (head) => (at(head, 0, magic) ? 100 : 0) : undefined,
     open: async () => fail(),
     create: async () => fail(),
   });

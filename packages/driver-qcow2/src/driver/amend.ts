@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, isBlockError, parseQemuBool, parseQemuInteger, parseSize, type OptionSchema, type Options } from '@blockgraph/block-core';
+import { BlockError, STRERROR, camelCase, isBlockError, type OptionSchema, type Options } from '@blockgraph/block-core';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -16,6 +16,7 @@ import {
 import { changeRefcountOrder } from './amend-refcount.js';
 import { Mapping, mapLocked } from './cluster.js';
 import { markClean, updateHeader } from './header-io.js';
+import { optBool, optNumber, optSize } from './opt-values.js';
 import { readAt } from './metadata.js';
 import { preWriteOverlapCheck, signalCorruption } from './overlap.js';
 import { allocClusters, freeClusters, getRefcount, updateRefcount } from './refcount.js';
@@ -61,34 +62,9 @@ function errno(e: unknown, prefix: string): unknown {
   return isBlockError(e) ? new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e }) : e;
 }
 
-/** qemu_opt_get_bool(): QEMU's boolean spellings (qapi_bool_parse). */
-function optBool(key: string, v: unknown): boolean {
-  const b = typeof v === 'boolean' ? v : parseQemuBool(String(v));
-  if (b === undefined) throw einval(`Parameter '${key}' expects 'on' or 'off'`);
-  return b;
-}
-
-function optNumber(key: string, v: unknown): number {
-  if (typeof v === 'number') return v;
-  const n = parseQemuInteger(String(v));
-  if (Number.isNaN(n)) throw einval(`Parameter '${key}' expects a number`);
-  return n;
-}
-
-function optSize(key: string, v: unknown): number {
-  const n = typeof v === 'number' ? v : parseSize(String(v));
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw einval(
-      `Parameter '${key}' expects a non-negative number below 2^64 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta- and exabytes, respectively.`,
-    );
-  }
-  return n;
-}
-
 /** Flatten nested `{ encrypt: { keyslot } }` into `encrypt.keyslot` and accept snake/kebab spellings. */
 function flatten(o: Options): Map<string, unknown> {
   const out = new Map<string, unknown>();
-  const camel = (k: string) => k.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
   for (const [k, v] of Object.entries(o)) {
     if (v === undefined) continue;
     if (k === 'encrypt' && v && typeof v === 'object') {
@@ -96,7 +72,7 @@ function flatten(o: Options): Map<string, unknown> {
     } else if (k.startsWith('encrypt.')) {
       out.set(k, v);
     } else {
-      out.set(camel(k), v);
+      out.set(camelCase(k), v);
     }
   }
   return out;

@@ -2,13 +2,12 @@ import {
   BlockError,
   BlockStatus,
   blockStatusAbove,
-  parseQemuBool,
-  parseSize,
   type BlockNode,
   type MeasureResult,
   type Options,
 } from '@blockgraph/block-core';
 import { QCOW_MAX_L1_SIZE } from '../format/index.js';
+import { optBool, optSize } from './opt-values.js';
 import { refcountMetadataSize } from './refcount.js';
 import type { Qcow2State } from './state.js';
 
@@ -22,26 +21,6 @@ import type { Qcow2State } from './state.js';
 
 function einval(message: string): BlockError {
   return new BlockError('EINVAL', message);
-}
-
-function optBool(o: Options, key: string, name: string): boolean {
-  const v = o[key];
-  if (v === undefined) return false;
-  const b = typeof v === 'boolean' ? v : parseQemuBool(String(v));
-  if (b === undefined) throw einval(`Parameter '${name}' expects 'on' or 'off'`);
-  return b;
-}
-
-function optSize(o: Options, key: string, name: string, dflt: number): number {
-  const v = o[key];
-  if (v === undefined) return dflt;
-  const n = typeof v === 'number' ? v : parseSize(String(v));
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw einval(
-      `Parameter '${name}' expects a non-negative number below 2^64 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta- and exabytes, respectively.`,
-    );
-  }
-  return n;
 }
 
 /** qcow2_calc_prealloc_size(): every byte of a fully allocated image. */
@@ -78,8 +57,8 @@ function bitmapsSize(source: BlockNode, clusterSize: number): number | undefined
 }
 
 export async function measureQcow2(o: Options, source?: BlockNode): Promise<MeasureResult> {
-  const extendedL2 = optBool(o, 'extendedL2', 'extended_l2');
-  const clusterSize = optSize(o, 'clusterSize', 'cluster_size', 65536);
+  const extendedL2 = o.extendedL2 === undefined ? false : optBool('extended_l2', o.extendedL2);
+  const clusterSize = o.clusterSize === undefined ? 65536 : optSize('cluster_size', o.clusterSize);
   if (!(clusterSize >= 512 && clusterSize <= 2 * 1024 * 1024) || (clusterSize & (clusterSize - 1)) !== 0) {
     throw einval('Cluster size must be a power of two between 512 and 2048k');
   }
@@ -108,7 +87,7 @@ export async function measureQcow2(o: Options, source?: BlockNode): Promise<Meas
     throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
 
-  let virtualSize = Math.ceil(optSize(o, 'size', 'size', 0) / clusterSize) * clusterSize;
+  let virtualSize = Math.ceil((o.size === undefined ? 0 : optSize('size', o.size)) / clusterSize) * clusterSize;
   const l2eSize = extendedL2 ? 16 : 8;
   const l2Tables = Math.ceil(virtualSize / clusterSize / (clusterSize / l2eSize));
   if (l2Tables * 8 > QCOW_MAX_L1_SIZE) throw einval('The image size is too large (try using a larger cluster size)');

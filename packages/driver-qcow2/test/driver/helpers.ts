@@ -8,6 +8,7 @@ import { qcow2Driver } from '../../src/node/index.js';
 
 export { Workdir, dataView } from '../format/qemu.js';
 import { hasQemu as hasQemuImg, type Workdir } from '../format/qemu.js';
+import { appendExtent, type Extent } from '../format/map.js';
 
 /** qemu-img and qemu-io are both the oracle here; under CI=true their absence fails the suite. */
 export const hasQemu = hasQemuImg && spawnSync('qemu-io', ['--version'], { encoding: 'utf8' }).status === 0;
@@ -90,15 +91,7 @@ export async function expectCode(p: Promise<unknown>, code: string, message?: Re
 }
 
 /** One entry of `qemu-img map --output=json`. */
-export interface MapExtent {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-  offset?: number;
-}
+export type MapExtent = Extent & { depth: number };
 
 /** `qemu-img map --output=json` from our block status, with qemu-img's own walk down the backing chain. */
 export async function blockgraphMap(node: BlockNode): Promise<MapExtent[]> {
@@ -134,20 +127,7 @@ export async function blockgraphMap(node: BlockNode): Promise<MapExtent[]> {
       data: (r.ret & BlockStatus.DATA) !== 0,
     };
     if (r.ret & BlockStatus.OFFSET_VALID && r.map !== undefined) e.offset = r.map;
-    const last = out[out.length - 1];
-    if (
-      last &&
-      last.depth === e.depth &&
-      last.present === e.present &&
-      last.zero === e.zero &&
-      last.data === e.data &&
-      (last.offset === undefined) === (e.offset === undefined) &&
-      (last.offset === undefined || last.offset + last.length === e.offset)
-    ) {
-      last.length += e.length;
-    } else {
-      out.push(e);
-    }
+    appendExtent(out, e);
     off += r.pnum;
   }
   return out;

@@ -108,22 +108,28 @@ export function mapImage(img: ImageView): Extent[] {
         default:
           throw new Error(`invalid L2 entry for cluster ${c}`);
       }
-      const last = out[out.length - 1];
-      if (
-        last &&
-        last.present === ext.present &&
-        last.zero === ext.zero &&
-        last.data === ext.data &&
-        (last.offset === undefined) === (ext.offset === undefined) &&
-        (last.offset === undefined || last.offset + last.length === ext.offset)
-      ) {
-        last.length += ext.length;
-      } else {
-        out.push(ext);
-      }
+      appendExtent(out, ext);
     }
   }
   return out;
+}
+
+/** Append `e`, or lengthen the last extent when `e` continues it (qemu-img map's merging of equal neighbours). */
+export function appendExtent<E extends Extent & { depth?: number }>(out: E[], e: E): void {
+  const last = out[out.length - 1];
+  if (
+    last &&
+    last.depth === e.depth &&
+    last.present === e.present &&
+    last.zero === e.zero &&
+    last.data === e.data &&
+    (last.offset === undefined) === (e.offset === undefined) &&
+    (last.offset === undefined || last.offset + last.length === e.offset)
+  ) {
+    last.length += e.length;
+  } else {
+    out.push(e);
+  }
 }
 
 /** qemu-img map --output=json, reduced to the same fields. */

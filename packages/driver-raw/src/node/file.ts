@@ -65,6 +65,8 @@ export * from '../index.js';
 export { loadNative, nativeLoadError, setNativeDisabled, NATIVE_DISABLE_ENV, type NativeHelper } from './native.js';
 export { ImageLock, ImageLockError, resolveLocking, type LockingMode } from './file-lock.js';
 export { DIRECT_MAX_TRANSFER } from './direct-io.js';
+/** glibc's strerror() text for a Node fs (or native helper) error: what QEMU prints for the same failure. */
+export { strerror as hostStrerror } from './fs-io.js';
 
 /**
  * Largest single read or write: Linux moves at most 0x7ffff000 bytes per read/write system call
