@@ -12,6 +12,7 @@ export { BlockBackend, type BackendOptions } from './backend.js';
 export { Graph, type NodeOptions, type GraphEvent } from './graph.js';
 export { DirtyBitmap, type DirtyBitmapOptions } from './bitmap.js';
 export { blockStatus, blockStatusAbove, isAllocated, isAllocatedAbove, type BlockStatusResult, type BlockStatusAboveResult } from './block-status.js';
+export { snapshotLoadTmp, snapshotLoadTmpByIdOrName } from './snapshot.js';
 export { drainedBegin, drainedEnd, withDrained } from './drain.js';
 export { Transaction, type TransactionAction } from './transaction.js';
 export { refreshPerms, cumulativePerms, checkParentConflicts } from './permission.js';

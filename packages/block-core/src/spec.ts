@@ -239,6 +239,13 @@ export interface BlockDriverInstance {
   snapshotCreate?(info: { id?: string; name: string; dateSec?: number; dateNsec?: number }): Promise<void>;
   snapshotGoto?(idOrName: string): Promise<void>;
   snapshotDelete?(id: string | undefined, name: string | undefined): Promise<void>;
+  /**
+   * Make a read-only node show an internal snapshot instead of the active image until it is closed
+   * (bdrv_snapshot_load_tmp; `qemu-img convert -l`). Matches `id` and/or `name`, both when both are given; the
+   * guest size stays the active one. Call it through block-core's `snapshotLoadTmp()`, which checks read-only.
+   * Errors: ENOENT "Can't find snapshot", EINVAL/EFBIG for a bad snapshot L1 table.
+   */
+  snapshotLoadTmp?(id: string | undefined, name: string | undefined): Promise<void>;
 }
 
 /** What a driver's `open()` can do: see its node, open children through the graph. */

@@ -98,10 +98,11 @@ describe('QEMU JSON', () => {
 
 describe('option strings', () => {
   it('parses QemuOpts with ,, escapes', () => {
-    expect(parseQemuOpts('driver=qcow2,file.filename=a,,b,lazy_refcounts')).toEqual([
+    expect(parseQemuOpts('driver=qcow2,file.filename=a,,b,lazy_refcounts,nopreallocation')).toEqual([
       { key: 'driver', value: 'qcow2' },
       { key: 'file.filename', value: 'a,b' },
-      { key: 'lazy_refcounts', value: 'on' },
+      { key: 'lazy_refcounts', value: 'on', shortForm: 'lazy_refcounts' },
+      { key: 'preallocation', value: 'off', shortForm: 'nopreallocation' },
     ]);
     expect(isValidOptionList('size=1M,')).toBe(false);
     expect(isValidOptionList('a=b,,')).toBe(true);

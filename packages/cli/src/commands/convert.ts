@@ -25,6 +25,7 @@ import { driverInfo } from '../lib/image-info.js';
 import { errMessage, openImage, parseCacheMode, withGraph, type OpenedImage } from '../lib/open.js';
 import { createProgress, type Progress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList } from '../lib/qemu-opts.js';
+import { addSnapshotParam, hasSnapshotParam, loadSnapshotParam, type SnapshotParam } from '../lib/snapshot-param.js';
 
 const SECTOR = 512;
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -444,7 +445,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   let copyRange = false;
   let compressed = false;
   let opts: string | undefined;
-  let snapshot: string | undefined;
+  let snapshot: SnapshotParam = {};
   let minSparse = 8;
   let explicitMinSparse = false;
   let progress = false;
@@ -485,7 +486,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         opts = accumulateOptions(opts, v, isValidOptionList);
         break;
       case 'l':
-        snapshot = v;
+        snapshot = addSnapshotParam(ctx, snapshot, v);
         break;
       case 'S': {
         const sval = cvtnum(ctx, 'buffer size for sparse output', v);
@@ -587,7 +588,12 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         const bytes = img.blk.getLength();
         sources.push({ blk: img.blk, top, bytes, sectors: Math.ceil(bytes / SECTOR), alignment });
       }
-      if (snapshot !== undefined) throw new CliError(`Failed to load snapshot: loading internal snapshots is not supported`);
+      if (snapshot.opts) {
+        await loadSnapshotParam(sources[0]!.top, snapshot);
+      } else if (hasSnapshotParam(snapshot)) {
+        if (srcNum > 1) throw new CliError('No support for concatenating multiple snapshot');
+        await loadSnapshotParam(sources[0]!.top, snapshot);
+      }
       const totalSectors = sources.reduce((n, s) => n + s.sectors, 0);
 
       let drv: BlockDriver | undefined;

@@ -10,6 +10,7 @@ import { createOptionList, entriesToOptions, parseCreateOptions } from '../lib/c
 import { errMessage, openImage, withGraph } from '../lib/open.js';
 import { toQemuJsonPretty } from '../lib/qjson.js';
 import { isValidOptionList } from '../lib/qemu-opts.js';
+import { addSnapshotParam, hasSnapshotParam, loadSnapshotParam, type SnapshotParam } from '../lib/snapshot-param.js';
 import { formatDriver } from './create.js';
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
@@ -28,12 +29,12 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   let imgSize = -1;
   let imageOpts = false;
   let forceShare = false;
-  let snapshot: string | undefined;
+  let snapshot: SnapshotParam = {};
   for (const o of options) {
     if (o.key === 'f') fmt = o.value;
     else if (o.key === 'O') outFmt = o.value!;
     else if (o.key === 'o') opts = accumulateOptions(opts, o.value!, isValidOptionList);
-    else if (o.key === 'l') snapshot = o.value;
+    else if (o.key === 'l') snapshot = addSnapshotParam(ctx, snapshot, o.value!);
     else if (o.key === 'output') output = o.value;
     else if (o.key === 'size') imgSize = cvtnum(ctx, 'image size', o.value!);
     else if (o.key === 'image-opts') imageOpts = true;
@@ -41,8 +42,11 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     else if (o.key === 'object') throw new CliError('--object is not supported');
   }
   const format = parseOutputFormat(output);
-  if (operands.length > 1) throw new CliError(`Unexpected argument: ${operands[1]}`);
+  if (operands.length > 1) throw new CliError('At most one filename argument is allowed.');
   const filename = operands[0];
+  if (filename === undefined && (imageOpts || fmt !== undefined || hasSnapshotParam(snapshot))) {
+    throw new CliError('--image-opts, -f, and -l require a filename argument.');
+  }
   if (filename !== undefined && imgSize !== -1) throw new CliError('--size N cannot be used together with a filename.');
   if (filename === undefined && imgSize === -1) throw new CliError('Either --size N or one filename must be specified.');
 
@@ -51,7 +55,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     if (filename !== undefined) {
       const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: true, forceShare, quiet: true });
       source = img.top;
-      if (snapshot !== undefined) throw new CliError('Failed to load snapshot: loading internal snapshots is not supported');
+      await loadSnapshotParam(source, snapshot);
     }
     const drv = formatDriver(graph, outFmt);
     if (!drv.createOptions || !drv.create) throw new CliError(`Format driver '${outFmt}' does not support image creation`);

@@ -7,6 +7,8 @@ import { CliError } from './context.js';
 export interface OptEntry {
   key: string;
   value: string;
+  /** The element as written when it was a bare `flag` / `noflag` (QEMU's deprecated short-form boolean). */
+  shortForm?: string;
 }
 
 /** Split an option string. `implied` names the key of a first element without '=' (QEMU's implied_opt_name). */
@@ -37,6 +39,7 @@ export function parseQemuOpts(text: string, implied?: string): OptEntry[] {
     const start = i;
     let key = readUntil(true);
     let value: string;
+    let shortForm: string | undefined;
     if (text[i] === '=') {
       i++;
       value = readUntil(false);
@@ -45,6 +48,7 @@ export function parseQemuOpts(text: string, implied?: string): OptEntry[] {
       key = implied;
     } else {
       // "flag" means flag=on, "noflag" flag=off (QEMU's legacy boolean shorthand).
+      shortForm = key;
       if (key.startsWith('no') && key.length > 2) {
         value = 'off';
         key = key.slice(2);
@@ -54,7 +58,7 @@ export function parseQemuOpts(text: string, implied?: string): OptEntry[] {
     }
     if (text[i] === ',') i++;
     if (key === '' && i > start) throw new CliError(`Invalid parameter ''`);
-    out.push({ key, value });
+    out.push(shortForm !== undefined ? { key, value, shortForm } : { key, value });
     first = false;
   }
   return out;

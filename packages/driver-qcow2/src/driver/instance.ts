@@ -25,7 +25,16 @@ import type { Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
 import { amendImage } from './amend.js';
 import { changeBackingFile } from './backing-file.js';
-import { createSnapshot, deleteSnapshot, gotoResizeFailed, gotoSnapshot, listSnapshots, prepareGoto, type CreateSnapshotInfo } from './snapshot.js';
+import {
+  createSnapshot,
+  deleteSnapshot,
+  gotoResizeFailed,
+  gotoSnapshot,
+  listSnapshots,
+  loadSnapshotTmp,
+  prepareGoto,
+  type CreateSnapshotInfo,
+} from './snapshot.js';
 import { drained, locked as lockedOp, prepareForChange, resizeFromDriver } from './snapshot-ops.js';
 
 /** A persistent bitmap as qemu-img info lists it. */
@@ -185,6 +194,8 @@ export class Qcow2Instance implements BlockDriverInstance {
         await markClean(s);
       });
     } else if (!state.readOnly && s.readOnly) {
+      // The L1 table in memory is a snapshot's: writes through it would change the snapshot (QEMU does not check).
+      if (s.snapshotLoaded) throw new BlockError('EPERM', 'qcow2: An internal snapshot is loaded; cannot be reopened read/write');
       if (s.header.incompatibleFeatures & INCOMPAT_CORRUPT && !s.checkMode) {
         throw new BlockError('EACCES', 'qcow2: Image is corrupt; cannot be opened read/write');
       }
@@ -232,6 +243,13 @@ export class Qcow2Instance implements BlockDriverInstance {
     const s = this.state;
     await prepareForChange(s);
     await drained(s, () => lockedOp(s, () => deleteSnapshot(s, id, name)));
+  }
+
+  /** qcow2_snapshot_load_tmp(); block-core's snapshotLoadTmp() has checked that the node is read-only. */
+  async snapshotLoadTmp(id: string | undefined, name: string | undefined): Promise<void> {
+    const s = this.state;
+    if (!s.readOnly) throw new BlockError('EINVAL', 'Device is not readonly');
+    await drained(s, () => lockedOp(s, () => loadSnapshotTmp(s, id, name)));
   }
 
   /** qemu-img amend (qcow2_amend_options); options as QCOW2_AMEND_OPTIONS, typed or as strings. */

@@ -19,8 +19,8 @@ import { DiscardType, Overlap, type Qcow2State } from './state.js';
 import { clusterDiscard } from './cluster.js';
 
 /**
- * Internal snapshots (QEMU 7.2's qcow2-snapshot.c): list, create, goto (apply) and delete, with QEMU's ids,
- * lookups, on-disk ordering and error codes.
+ * Internal snapshots (QEMU 7.2's qcow2-snapshot.c): list, create, goto (apply), delete and the read-only
+ * temporary load, with QEMU's ids, lookups, on-disk ordering and error codes.
  *
  * Crash safety is QEMU's: a new snapshot's L1 copy and the refcount increments reach the disk before the new
  * snapshot table, and the table before the 12-byte header switch (nb_snapshots, snapshots_offset); a goto
@@ -273,6 +273,29 @@ export async function gotoSnapshot(s: Qcow2State, index: number): Promise<void> 
     s.metadataPreallocation = null;
   }
   s.trace('snapshot_goto', { id: sn.id, name: sn.name });
+}
+
+/**
+ * qcow2_snapshot_load_tmp(): a read-only image reads through the snapshot's L1 table from now on. Only the L1
+ * table changes: the L2 cache is keyed by host offset, so slices it holds stay valid, and the guest size stays
+ * the active one (past the snapshot's table everything is unallocated), as in QEMU.
+ */
+export async function loadSnapshotTmp(s: Qcow2State, id: string | undefined, name: string | undefined): Promise<void> {
+  const index = findSnapshotByIdAndName(s.snapshots, id, name);
+  if (index < 0) throw new BlockError('ENOENT', "Can't find snapshot");
+  const sn = s.snapshots[index]!;
+  const bad = validateSnapshotL1(s, sn);
+  if (bad) throw bad;
+  let table: Uint8Array;
+  try {
+    table = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
+  } catch (e) {
+    throw new BlockError(isBlockError(e) ? e.code : 'EIO', 'Failed to read l1 table for snapshot', { cause: e });
+  }
+  s.setL1Table(table, sn.l1Size, sn.l1TableOffset);
+  s.metadataPreallocation = null;
+  s.snapshotLoaded = true;
+  s.trace('snapshot_load_tmp', { id: sn.id, name: sn.name });
 }
 
 /** qcow2_snapshot_delete(): by id and/or name, both matching when both are given. */

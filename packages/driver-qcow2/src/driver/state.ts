@@ -119,6 +119,8 @@ export class Qcow2State {
   inactiveL2: number[] | null = null;
 
   metadataPreallocation: boolean | null = null;
+  /** snapshotLoadTmp() switched the (read-only) image to a snapshot's L1 table. */
+  snapshotLoaded = false;
   /**
    * Where the compression codecs come from (the driver's table, loaded once per process on first need). Nothing
    * is loaded at open: most images have no compressed cluster, and loading zstd's WebAssembly costs ~30 ms.

@@ -125,6 +125,37 @@ describe.skipIf(!hasQemu)('qcow2 internal snapshots (driver API)', () => {
     expect(readFileSync(w.path('a.qcow2')).equals(before)).toBe(true);
   });
 
+  test('snapshotLoadTmp: a read-only node reads the snapshot until closed, cannot become writable, and the file is untouched', async () => {
+    await node.impl.snapshotCreate!({ name: 's1' });
+    await be.pwrite(0, fill(64 * KiB, 0x21));
+    await g.close();
+    g = newGraph();
+    ({ node, be } = await openQcow2(g, w.path('a.qcow2'), { readOnly: true }));
+    const before = readFileSync(w.path('a.qcow2'));
+    // A read through the active L1 table first, so the cache holds active L2 slices when the table switches.
+    expect(allBytes(await be.read(0, 64 * KiB), 0x21)).toBe(true);
+    await expectCode(node.impl.snapshotLoadTmp!('1', 'other'), 'ENOENT', /^Can't find snapshot$/);
+    await node.impl.snapshotLoadTmp!(undefined, 's1');
+    expect(allBytes(await be.read(0, MiB), 0x11)).toBe(true);
+    expect(allBytes(await be.read(4 * MiB, 64 * KiB), 0x12)).toBe(true);
+    expect(node.totalBytes).toBe(16 * MiB);
+    await expectCode(g.reopen(node, { readOnly: false }), 'EPERM', /internal snapshot is loaded/);
+    expect(node.readOnly).toBe(true);
+    await g.close();
+    expect(readFileSync(w.path('a.qcow2')).equals(before)).toBe(true);
+    // The active image still has its own data and is clean.
+    g = newGraph();
+    ({ node, be } = await openQcow2(g, w.path('a.qcow2'), { readOnly: true }));
+    expect(allBytes(await be.read(0, 64 * KiB), 0x21)).toBe(true);
+    await g.close();
+    expect(qemuCheck(w.path('a.qcow2')).status).toBe(0);
+  });
+
+  test('snapshotLoadTmp refuses a writable node', async () => {
+    await node.impl.snapshotCreate!({ name: 's1' });
+    await expectCode(node.impl.snapshotLoadTmp!('1', undefined), 'EINVAL', /^Device is not readonly$/);
+  });
+
   test('an image with an external data file has no internal snapshots', async () => {
     await g.close();
     w.qemuImg('create', '-q', '-f', 'qcow2', '-o', `data_file=${w.path('data.raw')}`, w.path('ext.qcow2'), '1M');
