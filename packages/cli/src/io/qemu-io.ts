@@ -1160,10 +1160,6 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
     report(s, "file open already, try 'help close'");
     return 1;
   }
-  if (flags.snapshot) {
-    report(s, `can't open${name ? ` device ${name}` : ''}: -s (temporary snapshot overlay) is not supported`);
-    return 1;
-  }
   let filename = name;
   let imgOpts = imageOpts;
   let fmt = format;
@@ -1192,6 +1188,7 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
       cache: flags.cache,
       discardUnmap: flags.discardUnmap,
       copyOnRead: flags.copyOnRead,
+      tempSnapshot: flags.snapshot,
       perm: Perm.CONSISTENT_READ | (flags.readOnly ? 0 : Perm.WRITE),
       shared: flags.forceShare ? PERM_ALL : Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED,
       // With --image-opts qemu-io names no device: openfile() gets the options, not a name.

@@ -19,6 +19,7 @@ import {
 import { CliError, oneLine, type Ctx } from './context.js';
 import { parseQemuOpts, optsToObject } from './qemu-opts.js';
 import { OPTIONAL_DRIVERS, foreignFormat, foreignFormatMessage, missingDrivers, notInstalledMessage } from './drivers.js';
+import { appendTempSnapshot } from './temp-snapshot.js';
 
 export interface CacheMode {
   direct: boolean;
@@ -59,6 +60,11 @@ export interface OpenSpec {
   discardUnmap?: boolean;
   /** Insert a copy-on-read filter above the image (qemu-io -C). */
   copyOnRead?: boolean;
+  /**
+   * Open the image read-only below a temporary qcow2 overlay that takes the writes and is discarded at close
+   * (qemu-io -s, BDRV_O_SNAPSHOT); `readOnly` then applies to the overlay.
+   */
+  tempSnapshot?: boolean;
   /** Extra options for the top node (detect-zeroes etc.). */
   options?: Options;
   /** Extra options for the node of the `file` protocol driver the image sits on (when it sits on one). */
@@ -156,7 +162,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
   delete o.readOnly;
   if (explicitReadOnly && !spec.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
   const common: Options = {};
-  common.readOnly = spec.readOnly || explicitReadOnly === true;
+  common.readOnly = spec.readOnly || explicitReadOnly === true || spec.tempSnapshot === true;
   if (spec.forceShare) common.forceShare = true;
   if (spec.cache && (spec.cache.direct || spec.cache.noFlush)) {
     common.cache = { direct: spec.cache.direct, noFlush: spec.cache.noFlush };
@@ -218,7 +224,11 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       if (fileNode && fileNode.parents.length === 0) await graph.closeNode(fileNode).catch(() => undefined);
       throw e;
     }
-    if (probed && fmt === 'raw' && !spec.readOnly && !spec.quiet) warnProbedRaw(ctx, spec.filename);
+    if (probed && fmt === 'raw' && !common.readOnly && !spec.quiet) warnProbedRaw(ctx, spec.filename);
+  }
+  if (spec.tempSnapshot) {
+    const { forceShare: _shared, ...overlayCommon } = common;
+    image = await appendTempSnapshot(graph, image, { ...overlayCommon, ...topExtra, readOnly: spec.readOnly || explicitReadOnly === true }, ctx.env.TMPDIR);
   }
 
   let top = image;
