@@ -4,19 +4,17 @@
  * read as zeroes beyond it ("Warning: Image size mismatch!"); with -s that, and any allocation difference,
  * counts as different.
  */
-import { BlockStatus, STRERROR, blockStatusAbove, isBlockError, type BlockBackend } from '@blockgraph/block-core';
+import { BlockStatus, blockStatusAbove, type BlockBackend } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph, type OpenedImage } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
+import { strerror } from '../lib/strerror.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
 const f32 = Math.fround;
 
-function strerror(e: unknown): string {
-  return isBlockError(e) ? STRERROR[e.code] : (e as Error).message;
-}
 
 /** Exit with a code after printing (compare's own codes). */
 class Done extends Error {

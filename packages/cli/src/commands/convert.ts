@@ -9,10 +9,8 @@ import {
   BlockStatus,
   IOVector,
   ReqFlag,
-  STRERROR,
   allocAlignedBuffer,
   blockStatusAbove,
-  isBlockError,
   type BlockBackend,
   type BlockDriver,
   type BlockNode,
@@ -26,6 +24,7 @@ import { errMessage, openImage, parseCacheMode, withGraph, type OpenedImage } fr
 import { createProgress, type Progress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList } from '../lib/qemu-opts.js';
 import { addSnapshotParam, hasSnapshotParam, loadSnapshotParam, type SnapshotParam } from '../lib/snapshot-param.js';
+import { strerror } from '../lib/strerror.js';
 
 const SECTOR = 512;
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -360,9 +359,6 @@ export class Converter {
   }
 }
 
-function strerror(e: unknown): string {
-  return isBlockError(e) ? STRERROR[e.code] : errMessage(e);
-}
 
 function pow2floor(n: number): number {
   if (n <= 0) return 0;

@@ -82,6 +82,13 @@ export const COMMANDS: readonly CommandEntry[] = [
     load: () => import('./create.js'),
   },
   {
+    name: 'dd',
+    synopsis: 'dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output',
+    summary: 'copy an image (or a part of it) into a new image, dd style',
+    details: '  bs (default 512), count and skip take k, M, G, T, P or E suffixes; the output is created with format -O (default raw)',
+    load: () => import('./dd.js'),
+  },
+  {
     name: 'info',
     synopsis: 'info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename',
     summary: 'show information about an image',

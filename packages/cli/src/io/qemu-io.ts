@@ -9,9 +9,7 @@ import {
   Perm,
   PERM_ALL,
   ReqFlag,
-  STRERROR,
   isAllocated,
-  isBlockError,
   parseQemuSize,
   type BlockBackend,
   type BlockNode,
@@ -27,6 +25,7 @@ import { dumpQObject } from '../lib/image-info.js';
 import { errMessage, openImage, parseCacheMode, type CacheMode } from '../lib/open.js';
 import { cvtstr, fixed } from '../lib/printf.js';
 import { parseQemuOpts, optsToObject } from '../lib/qemu-opts.js';
+import { strerror } from '../lib/strerror.js';
 
 /** BDRV_REQUEST_MAX_BYTES */
 const REQUEST_MAX_BYTES = 2 ** 31 - 512;
@@ -79,12 +78,6 @@ function report(s: IoState, msg: string): void {
   s.ctx.err(`${PROGRAM}: ${oneLine(msg)}\n`);
 }
 
-function strerror(e: unknown): string {
-  if (isBlockError(e)) return STRERROR[e.code];
-  const code = (e as { code?: string } | null)?.code;
-  if (code && code in STRERROR) return STRERROR[code as keyof typeof STRERROR];
-  return errMessage(e);
-}
 
 function usage(s: IoState, ct: CmdInfo): number {
   out(s, `${ct.name} ${ct.args ?? ''} -- ${ct.oneline}\n`);
@@ -1192,7 +1185,7 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
       perm: Perm.CONSISTENT_READ | (flags.readOnly ? 0 : Perm.WRITE),
       shared: flags.forceShare ? PERM_ALL : Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED,
       // With --image-opts qemu-io names no device: openfile() gets the options, not a name.
-      errorPrefix: `can't open${name && !imageOpts ? ` device ${name}` : ''}: `,
+      errorPrefix: `can't open${name !== undefined && !imageOpts ? ` device ${name}` : ''}: `,
     });
     s.blk = img.blk;
     s.top = img.top;

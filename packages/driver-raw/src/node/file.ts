@@ -631,6 +631,8 @@ export async function regularTruncate(fd: number, offset: number, prealloc: Prea
 async function openFile(ctx: { node: BlockNode; readOnly: boolean }, o: Options): Promise<BlockDriverInstance> {
   const filename = o.filename as string;
   const node = ctx.node;
+  // bdrv_open_common(): checked before anything else, as for every driver that needs a file name.
+  if (filename === '') throw new BlockError('EINVAL', `The '${node.driver.name}' block driver requires a file name`);
   const direct = node.common.cacheDirect;
   if (direct && !O_DIRECT) {
     throw new BlockError('ENOTSUP', 'cache.direct=on is not supported by this build: this platform has no O_DIRECT');
