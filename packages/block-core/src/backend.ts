@@ -1,5 +1,5 @@
 import type { Child, ChildParent } from './child.js';
-import { BlockError } from './errors.js';
+import { BlockError, isBlockError } from './errors.js';
 import type { ReqFlags } from './flags.js';
 import type { Graph } from './graph.js';
 import { IOVector } from './iovec.js';
@@ -216,6 +216,20 @@ export class BlockBackend implements ChildParent {
       await c.truncate(offset, exact, prealloc, flags);
     } finally {
       this.leave();
+    }
+  }
+
+  /** blk_make_empty() / bdrv_make_empty(): the node drops everything it holds (it reads as its backing file). */
+  async makeEmpty(): Promise<void> {
+    const node = this.node;
+    if (!(this.perm & Perm.WRITE)) throw new BlockError('EPERM', `Cannot empty node '${node.nodeName}' without write permission`);
+    if (!node.impl.makeEmpty) throw new BlockError('ENOTSUP', `${node.driver.name} does not support emptying nodes`);
+    // The driver drains the node itself: this backend must not hold a request open meanwhile.
+    try {
+      await node.impl.makeEmpty();
+    } catch (e) {
+      if (isBlockError(e)) throw new BlockError(e.code, `Failed to empty ${node.filename ?? node.nodeName}: ${e.message}`, { cause: e });
+      throw e;
     }
   }
 

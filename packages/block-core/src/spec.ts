@@ -246,6 +246,11 @@ export interface BlockDriverInstance {
    * Errors: ENOENT "Can't find snapshot", EINVAL/EFBIG for a bad snapshot L1 table.
    */
   snapshotLoadTmp?(id: string | undefined, name: string | undefined): Promise<void>;
+  /**
+   * Drop everything the image holds, so that it reads as its backing file (bdrv_make_empty; qemu-img commit
+   * empties the committed top). Called through `BlockBackend.makeEmpty()`, by a user with write permission.
+   */
+  makeEmpty?(): Promise<void>;
 }
 
 /** What a driver's `open()` can do: see its node, open children through the graph. */

@@ -1,4 +1,5 @@
 export { startMirror } from './start.js';
+export { startCommit, type CommitOptions } from './commit.js';
 export { MirrorJob } from './mirror-job.js';
 export { mirrorTopDriver } from './mirror-top.js';
 export {

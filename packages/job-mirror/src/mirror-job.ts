@@ -53,6 +53,14 @@ class MirrorIoError extends Error {
 const macrotask: (fn: () => void) => void =
   (globalThis as { setImmediate?: (fn: () => void) => unknown }).setImmediate ?? ((fn) => void setTimeout(fn, 0));
 
+/** An active commit (commit_active_start): the mirror's target is the base of the source's backing chain. */
+export interface ActiveCommit {
+  /** The node right above the base: what is allocated from the source down to it gets copied. */
+  baseOverlay: BlockNode;
+  /** The base was read-only before the job made it writable: an aborted job makes it read-only again. */
+  baseReadOnly: boolean;
+}
+
 export interface MirrorJobParams {
   graph: Graph;
   id: string;
@@ -73,6 +81,7 @@ export interface MirrorJobParams {
   targetIsZero?: boolean;
   replaces?: string;
   backingMode?: MirrorBackingMode;
+  commit?: ActiveCommit | undefined;
   autoFinalize: boolean;
   autoDismiss: boolean;
   txn?: JobTxn;
@@ -128,9 +137,10 @@ export class MirrorJob extends Job {
   private exited = false;
   private readonly maxIoBytes: number;
   private readonly baseOverlay: BlockNode | undefined;
+  private readonly activeCommit: ActiveCommit | undefined;
 
   constructor(p: MirrorJobParams) {
-    super(p.graph, { id: p.id, type: 'mirror', autoFinalize: p.autoFinalize, autoDismiss: p.autoDismiss, speed: p.speed, txn: p.txn });
+    super(p.graph, { id: p.id, type: p.commit ? 'commit' : 'mirror', autoFinalize: p.autoFinalize, autoDismiss: p.autoDismiss, speed: p.speed, txn: p.txn });
     this.granularity = p.granularity;
     this.bufSize = p.bufSize;
     this.sync = p.sync;
@@ -147,8 +157,9 @@ export class MirrorJob extends Job {
     this.replaces = p.replaces;
     this.backingMode = p.backingMode ?? 'leave';
     this.maxIoBytes = Math.max(Math.floor(p.bufSize / MAX_IN_FLIGHT), MAX_IO_BYTES);
-    // sync=top copies only what the top layer has; full looks at the whole chain.
-    this.baseOverlay = p.sync === 'top' ? p.source.skipFilters() : undefined;
+    // sync=top copies only what the top layer has (a commit: every layer above the base); full, the whole chain.
+    this.activeCommit = p.commit;
+    this.baseOverlay = p.commit ? p.commit.baseOverlay : p.sync === 'top' ? p.source.skipFilters() : undefined;
     this.bitmap = p.mirrorTop.createDirtyBitmap({ granularity: p.granularity, disabled: true });
     // Until the job is attached to the mirror node (after the initial scan), writes pass the node untracked; the
     // catcher records them in every mode. Active modes drop it when the job attaches (attachToMirrorNode()).
@@ -200,7 +211,10 @@ export class MirrorJob extends Job {
 
   protected async run(): Promise<void> {
     this.bdevLength = this.mirrorTop.totalBytes;
-    if (this.target.totalBytes !== this.bdevLength) {
+    if (this.activeCommit) {
+      // An active commit grows a smaller base to the source's size (a larger one keeps its tail).
+      if (this.target.totalBytes < this.bdevLength) await this.targetBe.truncate(this.bdevLength, false, 'off');
+    } else if (this.target.totalBytes !== this.bdevLength) {
       throw new BlockError('EINVAL', 'Source and target image have different sizes');
     }
     try {
@@ -911,6 +925,7 @@ export class MirrorJob extends Job {
     if (this.exited) return;
     this.exited = true;
     const graph = this.graph;
+    if (this.activeCommit) graph.unfreezeChain(this.source, this.target);
     try {
       await this.removeCorNode();
       this.mirrorTop.releaseDirtyBitmap(this.bitmap, true);
@@ -946,6 +961,9 @@ export class MirrorJob extends Job {
         }
       }
       await graph.removeFilter(this.mirrorTop);
+      if (this.activeCommit?.baseReadOnly && (aborting || !this.shouldComplete) && !this.target.readOnly) {
+        await graph.reopen(this.target, { readOnly: true }).catch(() => undefined);
+      }
       if (backingError) throw backingError;
       if (pivotError) throw pivotError;
     } finally {

@@ -29,6 +29,8 @@ export interface MirrorTopState {
   copyMode: MirrorCopyMode;
   /** The job is leaving: take nothing, share everything. */
   stop: boolean;
+  /** An active commit: the mirror node is above the top of the chain it commits. */
+  isCommit?: boolean;
 }
 
 const states = new Map<string, MirrorTopState>();
@@ -71,6 +73,13 @@ export const mirrorTopDriver = defineBlockDriver({
         // Weakness 3 of the seed series: nobody may write the source behind the mirror node's back while it
         // promises the target is in sync.
         if (state.copyMode !== 'background') p.shared &= ~Perm.WRITE;
+        if (state.isCommit) {
+          // The job unshares CONSISTENT_READ on the nodes above the base, which the chain's own backing edges would
+          // want: the mirror node does not read consistently through them. It must also share WRITE, or the backing
+          // edges below would refuse the job's writes to the base (QEMU's bdrv_mirror_top_child_perms()).
+          p.perm &= ~Perm.CONSISTENT_READ;
+          p.shared |= Perm.WRITE;
+        }
         return p;
       },
       preadv(offset, bytes, qiov, flags) {

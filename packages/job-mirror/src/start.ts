@@ -10,7 +10,7 @@ import {
   type JobTxn,
 } from '@blockgraph/block-core';
 import { copyOnReadDriver } from '@blockgraph/filter-cor';
-import { MirrorJob } from './mirror-job.js';
+import { MirrorJob, type ActiveCommit } from './mirror-job.js';
 import { mirrorTopDriver, registerMirrorTopState, type MirrorTopState } from './mirror-top.js';
 import { DEFAULT_MIRROR_BUF_SIZE, normaliseMirrorOptions, validateMirrorOptions, type MirrorOptions } from './options.js';
 
@@ -26,6 +26,15 @@ function inChainBelow(top: BlockNode, node: BlockNode): boolean {
 export async function startMirror(graph: Graph, input: MirrorOptions | Record<string, unknown>, opts: { txn?: JobTxn } = {}): Promise<MirrorJob> {
   const o = normaliseMirrorOptions(input as Record<string, unknown>);
   validateMirrorOptions(o);
+  return startMirrorJob(graph, o, opts.txn, undefined);
+}
+
+/**
+ * mirror_start_job(): what blockdev-mirror and the active commit share. With `commit`, the target is the base
+ * of the source's backing chain (commit_active_start): it may be smaller (it grows), the job shares write access
+ * to it and to the nodes in between with the chain's own users, and the chain stays frozen while the job runs.
+ */
+export async function startMirrorJob(graph: Graph, o: MirrorOptions, txn: JobTxn | undefined, commit: ActiveCommit | undefined): Promise<MirrorJob> {
   if (!graph.registry.has(mirrorTopDriver.name)) graph.registry.register(mirrorTopDriver);
   if (!graph.registry.has(copyOnReadDriver.name)) graph.registry.register(copyOnReadDriver);
 
@@ -34,7 +43,7 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
   if (source === target || source.skipFilters() === target.skipFilters()) {
     throw new BlockError('EINVAL', "Can't mirror node into itself");
   }
-  if (inChainBelow(source, target.skipFilters())) {
+  if (!commit && inChainBelow(source, target.skipFilters())) {
     throw new BlockError('EINVAL', target.isFilter
       ? "Cannot mirror to a filter on top of a node in the source's backing chain"
       : `Cannot mirror to '${target.nodeName}': it is in the backing chain of '${source.nodeName}'`);
@@ -58,7 +67,7 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
   const copyMode = o.copyMode ?? 'background';
   const sync = o.sync;
 
-  const state: MirrorTopState = { job: null, copyMode, stop: false };
+  const state: MirrorTopState = { job: null, copyMode, stop: false, isCommit: commit !== undefined };
   const mirrorTop = await graph.insertFilter({
     driver: 'mirror_top',
     file: source.nodeName,
@@ -66,12 +75,14 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
     ...(o.filterNodeName !== undefined ? { nodeName: o.filterNodeName } : {}),
   });
   let job: MirrorJob | undefined;
+  let frozen = false;
   try {
+    // The base of an active commit is read through the chain above it while the job writes what it already has.
     const targetBackend = graph.backend(target, {
-      perm: Perm.WRITE,
-      shared: Perm.WRITE_UNCHANGED,
+      perm: Perm.WRITE | (commit && target.totalBytes < source.totalBytes ? Perm.RESIZE : 0),
+      shared: Perm.WRITE_UNCHANGED | (commit ? Perm.CONSISTENT_READ | Perm.WRITE : 0),
       disableRequestQueuing: true,
-      describe: `mirror job '${jobId}'`,
+      describe: `${commit ? 'commit' : 'mirror'} job '${jobId}'`,
     });
     try {
       job = new MirrorJob({
@@ -93,9 +104,10 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
         targetIsZero: o.targetIsZero ?? false,
         backingMode: o.backingMode ?? 'leave',
         replaces: o.replaces,
+        commit,
         autoFinalize: o.autoFinalize ?? true,
         autoDismiss: o.autoDismiss ?? true,
-        txn: opts.txn,
+        txn,
       });
     } catch (e) {
       targetBackend.remove();
@@ -105,7 +117,17 @@ export async function startMirror(graph: Graph, input: MirrorOptions | Record<st
     job.addNodeEdge('main node', mirrorTop, Perm.CONSISTENT_READ, Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED | Perm.WRITE);
     job.addNodeEdge('source', source, 0, Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED | Perm.WRITE);
     job.addNodeEdge('target', target, 0, PERM_ALL);
+    if (commit) {
+      // Writes to the base are seen by the nodes above it: they must let the job write (QEMU's intermediate nodes).
+      for (let n = source.filterOrCowChild()?.node; n && n !== target; n = n.filterOrCowChild()?.node) {
+        const filtersOnBase = n.skipFilters() === target.skipFilters();
+        job.addNodeEdge('intermediate node', n, 0, Perm.WRITE_UNCHANGED | Perm.WRITE | (filtersOnBase ? Perm.CONSISTENT_READ : 0));
+      }
+      graph.freezeChain(source, target);
+      frozen = true;
+    }
   } catch (e) {
+    if (frozen) graph.unfreezeChain(source, target);
     if (job) job.cancel(true);
     state.stop = true;
     await graph.removeFilter(mirrorTop).catch(() => undefined);

@@ -55,6 +55,17 @@ export const COMMANDS: readonly CommandEntry[] = [
     load: () => import('./check.js'),
   },
   {
+    name: 'commit',
+    synopsis: 'commit [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename',
+    summary: "commit an overlay's data into its backing file",
+    details: [
+      '  -b base   commit into this image of the backing chain instead of the backing file (implies -d)',
+      '  -d        keep the overlay as it is (by default it is emptied afterwards)',
+      '  -r rate   bytes per second',
+    ].join('\n'),
+    load: () => import('./commit.js'),
+  },
+  {
     name: 'compare',
     synopsis: 'compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
     summary: 'compare the guest-visible contents of two images',

@@ -23,6 +23,7 @@ import * as rw from './rw.js';
 import { runCheck, runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
+import { makeEmpty } from './make-empty.js';
 import { amendImage } from './amend.js';
 import { changeBackingFile } from './backing-file.js';
 import {
@@ -250,6 +251,13 @@ export class Qcow2Instance implements BlockDriverInstance {
     const s = this.state;
     if (!s.readOnly) throw new BlockError('EINVAL', 'Device is not readonly');
     await drained(s, () => lockedOp(s, () => loadSnapshotTmp(s, id, name)));
+  }
+
+  /** qcow2_make_empty(): see make-empty.ts. */
+  async makeEmpty(): Promise<void> {
+    const s = this.state;
+    await prepareForChange(s);
+    await drained(s, () => lockedOp(s, () => makeEmpty(s)));
   }
 
   /** qemu-img amend (qcow2_amend_options); options as QCOW2_AMEND_OPTIONS, typed or as strings. */
