@@ -192,6 +192,31 @@ export const WORKLOADS = [
     before: ['$OUT'],
     settle: true,
   },
+  {
+    id: 'commit-qcow2-256m',
+    title:
+      'qemu-img commit of a qcow2 overlay holding 256 MiB (the first quarter, over the 1 GiB half-data image as its backing file) into that base, then emptying the overlay (whole process)',
+    fixtures: ['QHALF1G'],
+    qemu: ['qemu-img', 'commit', '$DIR/commit-top.qcow2'],
+    ours: ['commit', '$DIR/commit-top.qcow2'],
+    metric: 'wall',
+    prepare: [
+      ['cp', '$QHALF1G', '$DIR/commit-base.qcow2'],
+      ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'commit-base.qcow2', '-F', 'qcow2', '$DIR/commit-top.qcow2'],
+      ['qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x3c 0 256M', '$DIR/commit-top.qcow2'],
+    ],
+    settle: true,
+  },
+  {
+    id: 'dd-qcow2-1g-1m',
+    title: 'qemu-img dd bs=1M of the 1 GiB half-data qcow2 image into a new raw image (every block read and written; whole process)',
+    fixtures: ['QHALF1G'],
+    qemu: ['qemu-img', 'dd', '-f', 'qcow2', '-O', 'raw', 'bs=1M', 'if=$QHALF1G', 'of=$OUT'],
+    ours: ['dd', '-f', 'qcow2', '-O', 'raw', 'bs=1M', 'if=$QHALF1G', 'of=$OUT'],
+    metric: 'wall',
+    before: ['$OUT'],
+    settle: true,
+  },
 ];
 
 // --- memory: peak RSS of random reads over a 100 GiB sparse qcow2 image --------------------------------------

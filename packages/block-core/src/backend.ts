@@ -27,6 +27,19 @@ export interface BackendOptions {
 }
 
 /** The handle an application, export or job does I/O through (BlockBackend): a root edge with its own perms. */
+/**
+ * bdrv_co_writev_vmstate() / bdrv_co_readv_vmstate(): the first node down the primary children (a filter's child,
+ * a raw format's file) that keeps a VM state area serves the request.
+ */
+async function vmstateRequest(node: BlockNode, op: 'saveVmstate' | 'loadVmstate', qiov: IOVector, pos: number): Promise<void> {
+  if (!Number.isSafeInteger(pos) || pos < 0) throw new BlockError('EIO', `Invalid VM state position ${pos}`);
+  for (let n: BlockNode | undefined = node; n; n = n.primaryChild()?.node) {
+    const fn = n.impl[op];
+    if (fn) return fn.call(n.impl, qiov, pos);
+  }
+  throw new BlockError('ENOTSUP');
+}
+
 export class BlockBackend implements ChildParent {
   readonly parentKind = 'backend' as const;
   readonly name: string | undefined;
@@ -231,6 +244,17 @@ export class BlockBackend implements ChildParent {
       if (isBlockError(e)) throw new BlockError(e.code, `Failed to empty ${node.filename ?? node.nodeName}: ${e.message}`, { cause: e });
       throw e;
     }
+  }
+
+  /** blk_save_vmstate(): write `buf` at `pos` of the VM state area; flushed when the write cache is off. */
+  async saveVmstate(pos: number, buf: Uint8Array, writethrough = false): Promise<void> {
+    await vmstateRequest(this.node, 'saveVmstate', IOVector.of(buf), pos);
+    if (writethrough) await this.flush();
+  }
+
+  /** blk_load_vmstate(): read `buf.length` bytes at `pos` of the VM state area. */
+  async loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
+    await vmstateRequest(this.node, 'loadVmstate', IOVector.of(buf), pos);
   }
 
   async blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatusResult> {

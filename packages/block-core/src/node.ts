@@ -101,8 +101,12 @@ export class BlockNode implements ChildParent {
   /** The node's file name: a protocol's own, otherwise its primary child's. */
   get filename(): string | undefined {
     if (this.impl.filename !== undefined) return this.impl.filename;
-    const primary = this.children.find((c) => c.role & ChildRole.PRIMARY) ?? this.filteredChild();
-    return primary?.node.filename;
+    return this.primaryChild()?.node.filename;
+  }
+
+  /** bdrv_primary_child(): the child with the PRIMARY role (a format's file), or a filter's child. */
+  primaryChild(): Child | undefined {
+    return this.children.find((c) => c.role & ChildRole.PRIMARY) ?? this.filteredChild();
   }
 
   child(name: string): Child | undefined {

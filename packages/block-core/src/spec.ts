@@ -251,6 +251,13 @@ export interface BlockDriverInstance {
    * empties the committed top). Called through `BlockBackend.makeEmpty()`, by a user with write permission.
    */
   makeEmpty?(): Promise<void>;
+  /**
+   * The VM state area of internal snapshots (bdrv_save_vmstate / bdrv_load_vmstate; qemu-io's `write -b` /
+   * `read -b`): `pos` counts from the start of that area, which lies outside the guest disk. A node without these
+   * passes the request to its primary child; where nobody has them it is ENOTSUP.
+   */
+  saveVmstate?(qiov: IOVector, pos: number): Promise<void>;
+  loadVmstate?(qiov: IOVector, pos: number): Promise<void>;
 }
 
 /** What a driver's `open()` can do: see its node, open children through the graph. */

@@ -326,8 +326,8 @@ const readCmd: CmdInfo = {
     const buf = new Uint8Array(count).fill(0xab);
     const t1 = now();
     try {
-      if (bflag) throw Object.assign(new Error('vmstate'), { code: 'ENOTSUP' });
-      await s.blk!.pread(offset, buf);
+      if (bflag) await s.blk!.loadVmstate(offset, buf);
+      else await s.blk!.pread(offset, buf);
     } catch (e) {
       out(s, `read failed: ${strerror(e)}\n`);
       return -5;
@@ -491,8 +491,8 @@ const writeCmd: CmdInfo = {
     }
     const t1 = now();
     try {
-      if (bflag) throw Object.assign(new Error('vmstate'), { code: 'ENOTSUP' });
-      if (zflag) await s.blk!.pwriteZeroes(offset, count, flags);
+      if (bflag) await s.blk!.saveVmstate(offset, buf!, s.writethrough);
+      else if (zflag) await s.blk!.pwriteZeroes(offset, count, flags);
       else if (compress) {
         if (!s.top!.impl.pwritevCompressed && !s.top!.skipFilters().impl.pwritevCompressed) throw Object.assign(new Error('no'), { code: 'ENOTSUP' });
         await s.blk!.pwritevCompressed(offset, count, IOVector.of(buf!));

@@ -93,6 +93,18 @@ export class Qcow2Instance implements BlockDriverInstance {
     return rw.pwriteZeroes(this.state, offset, bytes, flags);
   }
 
+  /** qcow2_save_vmstate(): an ordinary write at the VM state area, past the guest disk's last L1 entry. */
+  saveVmstate(qiov: IOVector, pos: number): Promise<void> {
+    const s = this.state;
+    return rw.pwritev(s, s.l1VmStateIndex * s.g.bytesPerL2Table + pos, qiov.size, qiov);
+  }
+
+  /** qcow2_load_vmstate(). */
+  loadVmstate(qiov: IOVector, pos: number): Promise<void> {
+    const s = this.state;
+    return rw.preadv(s, s.l1VmStateIndex * s.g.bytesPerL2Table + pos, qiov.size, qiov);
+  }
+
   pdiscard(offset: number, bytes: number): Promise<void> {
     return rw.pdiscard(this.state, offset, bytes);
   }
