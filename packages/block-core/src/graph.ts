@@ -309,6 +309,31 @@ export class Graph {
     }
   }
 
+  /**
+   * Open an image on a new protocol node, as blockdev-add with `file` given as options does, except that the
+   * format may be left to probing: the protocol node belongs to the image (implicit: it is reopened and closed
+   * with it), the format node is the caller's, as from addNode(). `common` (read-only, force-share, cache) applies
+   * to both; `formatOptions` are the format node's own, given the driver found.
+   */
+  async openImageOver(
+    protocolOptions: Options,
+    format: string | undefined,
+    common: Options = {},
+    formatOptions: (driver: BlockDriver) => Options = () => ({}),
+  ): Promise<BlockNode> {
+    const co = normaliseOptions(common);
+    const inherited = { readOnly: co.readOnly === true, forceShare: co.forceShare === true, discard: 'unmap' as const };
+    const proto = await this.openNode(normaliseOptions({ ...protocolOptions, ...co }), inherited, true);
+    try {
+      const driver = format !== undefined ? this.registry.get(format) : await this.probeFormat(proto);
+      if (driver.kind === 'protocol') return proto;
+      return await this.openNode({ ...normaliseOptions(formatOptions(driver)), ...co, driver: driver.name, file: proto.nodeName }, undefined, false);
+    } catch (e) {
+      if (proto.parents.length === 0) await this.closeNode(proto).catch(() => undefined);
+      throw e;
+    }
+  }
+
   /** bdrv_probe(): read the first bytes and ask every format driver. */
   async probeFormat(node: BlockNode): Promise<BlockDriver> {
     const align = node.limits.requestAlignment;
@@ -775,9 +800,7 @@ function inheritedAsOptions(inh: Partial<CommonNodeOptions>): Options {
 /** The protocol node at the bottom of a node's primary chain (where its file name comes from). */
 function protocolOf(node: BlockNode): BlockNode | undefined {
   let n: BlockNode | undefined = node;
-  while (n && n.driver.kind !== 'protocol') {
-    n = (n.children.find((c) => c.role & ChildRole.PRIMARY) ?? n.filteredChild())?.node;
-  }
+  while (n && n.driver.kind !== 'protocol') n = n.primaryChild()?.node;
   return n;
 }
 

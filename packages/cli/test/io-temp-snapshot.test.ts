@@ -24,7 +24,7 @@ const images = cachedSetup((d) => {
 const FILES = ['a.qcow2', 'top.qcow2', 'r.raw'];
 
 /** qemu-io arguments; a `$DIR/` prefix is replaced by the case's directory. */
-const CASES: { name: string; args: string[] }[] = [
+const CASES: { name: string; args: string[]; tmpdir?: string }[] = [
   {
     name: 'writes land in the overlay; reads, map and info see them',
     args: ['-s', '-c', 'write -P 0x55 4k 8k', '-c', 'read -P 0x55 4k 8k', '-c', 'read -P 0x11 0 4k', '-c', 'read -P 0x11 12k 116k', '-c', 'map', '-c', 'info', '$DIR/a.qcow2'],
@@ -37,6 +37,7 @@ const CASES: { name: string; args: string[] }[] = [
     name: 'an overlay with a backing file reads through the whole chain',
     args: ['-s', '-c', 'read -P 0x11 0 64k', '-c', 'read -P 0x22 64k 64k', '-c', 'write -P 0x77 60k 8k', '-c', 'read -P 0x77 60k 8k', '-c', 'read -P 0x22 68k 60k', '$DIR/top.qcow2'],
   },
+  { name: 'cache mode none: the overlay ignores it (cache=unsafe)', args: ['-s', '-t', 'none', '-c', 'write -P 0x55 0 4k', '-c', 'read -P 0x55 0 4k', '$DIR/a.qcow2'] },
   {
     name: 'a raw image, probed (no warning: the image itself is opened read-only)',
     args: ['-s', '-c', 'write -P 0x44 0 512', '-c', 'read -P 0x44 0 512', '-c', 'read -P 0 512 488', '-c', 'length', '$DIR/r.raw'],
@@ -50,6 +51,11 @@ const CASES: { name: string; args: string[] }[] = [
   },
   { name: '--image-opts', args: ['-s', '--image-opts', '-c', 'write -P 0x12 0 4k', '-c', 'read -P 0x12 0 4k', 'driver=qcow2,file.filename=$DIR/a.qcow2'] },
   { name: 'a missing image', args: ['-s', '-c', 'read 0 512', '$DIR/nosuch.qcow2'] },
+  {
+    name: 'no temporary directory: the open fails and leaves the image free for the next open',
+    args: ['-c', 'open -s $DIR/a.qcow2', '-c', 'open $DIR/a.qcow2', '-c', 'write -P 0x31 0 4k', '-c', 'read -P 0x31 0 4k'],
+    tmpdir: 'missing',
+  },
 ];
 
 describe('blockgraph io -s (temporary snapshot overlay) against qemu-io', () => {
@@ -64,13 +70,14 @@ describe('blockgraph io -s (temporary snapshot overlay) against qemu-io', () => 
         const result = (dir: string, r: { status: number; stdout: string; stderr: string }) => ({
           status: r.status,
           stdout: filterQemuIo(r.stdout.split(dir).join('$DIR')),
-          stderr: r.stderr.split(dir).join('$DIR').replaceAll('qemu-io: ', 'blockgraph: '),
+          stderr: r.stderr.split(dir).join('$DIR').replaceAll('qemu-io: ', 'blockgraph: ').replace(/vl\.[A-Za-z0-9]{6}/g, 'vl.XXXXXX'),
         });
         const args = (dir: string) => c.args.map((a) => a.split('$DIR').join(dir));
         mkdirSync(join(q.dir, 'tmp'));
         mkdirSync(join(b.dir, 'tmp'));
-        const qr = result(q.dir, run('qemu-io', args(q.dir), { env: { ...process.env, TMPDIR: join(q.dir, 'tmp') } }));
-        const br = result(b.dir, bgSpawn(['io', ...args(b.dir)], { env: { TMPDIR: join(b.dir, 'tmp') } }));
+        const tmp = c.tmpdir ?? 'tmp';
+        const qr = result(q.dir, run('qemu-io', args(q.dir), { env: { ...process.env, TMPDIR: join(q.dir, tmp) } }));
+        const br = result(b.dir, bgSpawn(['io', ...args(b.dir)], { env: { TMPDIR: join(b.dir, tmp) } }));
         expect(br).toEqual(qr);
         for (const f of FILES) expect(readFileSync(join(b.dir, f)).equals(readFileSync(join(q.dir, f))), f).toBe(true);
         expect(readdirSync(join(q.dir, 'tmp'))).toEqual([]);

@@ -91,6 +91,15 @@ describeWithQemu('io command sequences (qemu-io golden outputs)', ['qemu-img', '
     t = await golden(['read -P 0x11 0 512', 'info'], { args: [] });
     expectGolden(t);
   });
+  // The probed image's file node is the image's own: it becomes writable with it (it stayed read-only).
+  it('reopen -w after -r, probed and with -f', async () => {
+    const cmds = ['reopen -w', 'write -P 0x22 0 4k', 'reopen -r', 'write 0 512', 'read -P 0x22 0 4k', 'reopen -w', 'write -z 4k 4k'];
+    t = await golden(cmds, { args: ['-r'] });
+    expectGolden(t);
+    t.cleanup();
+    t = await golden(cmds, { args: ['-r', '-f', 'raw'] });
+    expectGolden(t);
+  });
   it('--image-opts', async () => {
     t = await twin(
       rawImage,

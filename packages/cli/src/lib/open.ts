@@ -12,6 +12,7 @@ import {
   parseJsonFilename,
   parseQemuBool,
   type BlockBackend,
+  type BlockDriver,
   type BlockNode,
   type Graph,
   type Options,
@@ -191,44 +192,52 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       delete rest.filename;
     }
     fileRef = withProtocolDefault(fileRef, spec.fileOptions);
-    let fmt = driver;
-    let fileNode: BlockNode | undefined;
-    if (fmt === undefined) {
-      // Probe: open the storage alone first, then put the probed format on top of it.
-      if (typeof fileRef === 'string') fileNode = graph.getNode(fileRef);
-      else fileNode = await graph.addNode({ ...(fileRef as Options), ...common, discard: 'unmap' });
-      fmt = (await graph.probeFormat(fileNode)).name;
+    const formatOptions = (fmtDriver: BlockDriver): Options => {
+      const o: Options = { ...rest, ...topExtra };
+      if (spec.noBacking && 'backing' in fmtDriver.options && o.backing === undefined) o.backing = null;
+      if (spec.check && 'checkMode' in fmtDriver.options) o.checkMode = true;
+      return o;
+    };
+    if (driver === undefined && typeof fileRef !== 'string') {
+      // Probe as bdrv_open() does: the storage node is the image's own (it follows the image through reopen).
       probed = true;
-      if (fmt === 'raw') {
-        const foreign = foreignFormat(await readHead(graph, fileNode));
+      image = await graph.openImageOver(fileRef as Options, undefined, common, formatOptions);
+      if (image.driver.name === 'raw') {
+        const foreign = foreignFormat(await readHead(graph, image.file!.node));
         if (foreign) {
-          if (fileNode.parents.length === 0) await graph.closeNode(fileNode).catch(() => undefined);
+          await graph.closeNode(image).catch(() => undefined);
           throw new BlockError('ENOTSUP', foreignFormatMessage(foreign));
         }
       }
-      if (missingDrivers.has(fmt)) {
-        const d = OPTIONAL_DRIVERS.find((x) => x.name === fmt)!;
-        throw new BlockError('ENOTSUP', notInstalledMessage(d));
+    } else {
+      let fmt = driver;
+      if (fmt === undefined) {
+        // `file` names an existing node: probe it, then put the format on top.
+        fmt = (await graph.probeFormat(graph.getNode(fileRef as string))).name;
+        probed = true;
+        if (fmt === 'raw') {
+          const foreign = foreignFormat(await readHead(graph, graph.getNode(fileRef as string)));
+          if (foreign) throw new BlockError('ENOTSUP', foreignFormatMessage(foreign));
+        }
       }
-    }
-    const fmtDriver = graph.registry.get(fmt);
-    const nodeOpts: Options = { ...rest, driver: fmt, ...common, ...topExtra };
-    if (fileNode) nodeOpts.file = fileNode.nodeName;
-    else if (typeof fileRef === 'string') nodeOpts.file = fileRef;
-    else nodeOpts.file = { ...(fileRef as Options), discard: 'unmap', ...(spec.forceShare ? { forceShare: true } : {}) };
-    if (spec.noBacking && 'backing' in fmtDriver.options && nodeOpts.backing === undefined) nodeOpts.backing = null;
-    if (spec.check && 'checkMode' in fmtDriver.options) nodeOpts.checkMode = true;
-    try {
+      if (missingDrivers.has(fmt)) throw new BlockError('ENOTSUP', notInstalledMessage(OPTIONAL_DRIVERS.find((x) => x.name === fmt)!));
+      const nodeOpts: Options = { ...formatOptions(graph.registry.get(fmt)), driver: fmt, ...common, ...topExtra };
+      if (typeof fileRef === 'string') nodeOpts.file = fileRef;
+      else nodeOpts.file = { ...(fileRef as Options), discard: 'unmap', ...(spec.forceShare ? { forceShare: true } : {}) };
       image = await graph.addNode(nodeOpts);
-    } catch (e) {
-      if (fileNode && fileNode.parents.length === 0) await graph.closeNode(fileNode).catch(() => undefined);
-      throw e;
     }
-    if (probed && fmt === 'raw' && !common.readOnly && !spec.quiet) warnProbedRaw(ctx, spec.filename);
+    if (probed && image.driver.name === 'raw' && !common.readOnly && !spec.quiet) warnProbedRaw(ctx, spec.filename);
   }
   if (spec.tempSnapshot) {
-    const { forceShare: _shared, ...overlayCommon } = common;
-    image = await appendTempSnapshot(graph, image, { ...overlayCommon, ...topExtra, readOnly: spec.readOnly || explicitReadOnly === true }, ctx.env.TMPDIR);
+    // bdrv_temp_snapshot_options(): the overlay takes read-only and discard from the image and is cache=unsafe.
+    const overlayOptions: Options = { readOnly: spec.readOnly || explicitReadOnly === true, cache: { direct: false, noFlush: true } };
+    if (topExtra.discard !== undefined) overlayOptions.discard = topExtra.discard;
+    try {
+      image = await appendTempSnapshot(graph, image, overlayOptions, ctx.env.TMPDIR);
+    } catch (e) {
+      if (image.parents.length === 0) await graph.closeNode(image).catch(() => undefined);
+      throw e;
+    }
   }
 
   let top = image;

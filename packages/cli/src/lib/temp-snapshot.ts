@@ -6,9 +6,14 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { BlockError, type BlockNode, type Graph, type Options } from '@blockgraph/block-core';
+import { hostStrerror } from '@blockgraph/driver-raw/file';
 
-/** get_tmp_filename(): TMPDIR/vl.XXXXXX, created empty and exclusively, as mkstemp does. */
-function tempFilename(dir: string): string {
+/**
+ * create_tmp_file(): TMPDIR (default /tmp, and /tmp means /var/tmp: overlays can grow large, /tmp is often a
+ * tmpfs)/vl.XXXXXX, created empty and exclusively, as mkstemp does.
+ */
+function tempFilename(tmpdir: string | undefined): string {
+  const dir = !tmpdir || tmpdir === '/tmp' ? '/var/tmp' : tmpdir;
   const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
   for (let attempt = 0; ; attempt++) {
     const name = join(dir, `vl.${Array.from(randomBytes(6), (b) => chars[b % chars.length]).join('')}`);
@@ -17,7 +22,7 @@ function tempFilename(dir: string): string {
       return name;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 100) {
-        throw new BlockError('EIO', 'Could not get temporary filename', { cause: e });
+        throw new BlockError('EIO', `Could not open temporary file '${join(dir, 'vl.XXXXXX')}': ${hostStrerror(e)}`, { cause: e });
       }
     }
   }
@@ -25,12 +30,12 @@ function tempFilename(dir: string): string {
 
 /**
  * Put a temporary qcow2 overlay of the same size over `image` (opened read-only) and return it, its file in
- * `tmpdir` ($TMPDIR, else /var/tmp, as QEMU). `options` are the overlay node's own (read-only, discard, cache). The file is unlinked as soon as the overlay is open, where
- * QEMU unlinks it at close (BDRV_O_TEMPORARY): nothing is left behind even when the process ends without closing.
+ * `tmpdir` ($TMPDIR). `options` are the overlay node's own (read-only, discard, cache). As in QEMU, the file is
+ * unlinked as soon as the overlay is open: nothing is left behind even when the process ends without closing.
  */
 export async function appendTempSnapshot(graph: Graph, image: BlockNode, options: Options, tmpdir: string | undefined): Promise<BlockNode> {
   if (!graph.registry.has('qcow2')) throw new BlockError('ENOTSUP', 'A temporary snapshot needs the qcow2 driver (@blockgraph/driver-qcow2)');
-  const filename = tempFilename(tmpdir || '/var/tmp');
+  const filename = tempFilename(tmpdir);
   try {
     try {
       await graph.createImage('qcow2', { filename, size: image.totalBytes });
