@@ -26,7 +26,6 @@ export interface BackendOptions {
   describe?: string;
 }
 
-/** The handle an application, export or job does I/O through (BlockBackend): a root edge with its own perms. */
 /**
  * bdrv_co_writev_vmstate() / bdrv_co_readv_vmstate(): the first node down the primary children (a filter's child,
  * a raw format's file) that keeps a VM state area serves the request.
@@ -40,6 +39,7 @@ async function vmstateRequest(node: BlockNode, op: 'saveVmstate' | 'loadVmstate'
   throw new BlockError('ENOTSUP');
 }
 
+/** The handle an application, export or job does I/O through (BlockBackend): a root edge with its own perms. */
 export class BlockBackend implements ChildParent {
   readonly parentKind = 'backend' as const;
   readonly name: string | undefined;
@@ -248,13 +248,25 @@ export class BlockBackend implements ChildParent {
 
   /** blk_save_vmstate(): write `buf` at `pos` of the VM state area; flushed when the write cache is off. */
   async saveVmstate(pos: number, buf: Uint8Array, writethrough = false): Promise<void> {
-    await vmstateRequest(this.node, 'saveVmstate', IOVector.of(buf), pos);
+    // Counted in flight like any request (bdrv_inc_in_flight), so drained sections wait for it; the area lies
+    // outside the disk, so the bounds are the driver's.
+    const c = await this.enter(0, 0, false);
+    try {
+      await vmstateRequest(c.node, 'saveVmstate', IOVector.of(buf), pos);
+    } finally {
+      this.leave();
+    }
     if (writethrough) await this.flush();
   }
 
   /** blk_load_vmstate(): read `buf.length` bytes at `pos` of the VM state area. */
   async loadVmstate(pos: number, buf: Uint8Array): Promise<void> {
-    await vmstateRequest(this.node, 'loadVmstate', IOVector.of(buf), pos);
+    const c = await this.enter(0, 0, false);
+    try {
+      await vmstateRequest(c.node, 'loadVmstate', IOVector.of(buf), pos);
+    } finally {
+      this.leave();
+    }
   }
 
   async blockStatus(offset: number, bytes: number, wantZero = true): Promise<BlockStatusResult> {

@@ -130,6 +130,11 @@ export class BlockNode implements ChildParent {
     return this.filteredChild() ?? this.backing;
   }
 
+  /** bdrv_backing_chain_next(): the next image down the chain, filters skipped on both sides. */
+  backingChainNext(): BlockNode | undefined {
+    return this.skipFilters().backing?.node.skipFilters();
+  }
+
   /** bdrv_skip_filters(). */
   skipFilters(): BlockNode {
     const c = this.isFilter ? this.filteredChild() : undefined;

@@ -46,6 +46,10 @@ const CASES: string[][] = [
   ['if=a.qcow2', 'of=o.raw', 'skip=2048'],
   ['if=a.qcow2', 'of=o.raw', 'skip=1M'],
   ['if=a.qcow2', 'of=o.raw', 'bs=2G', 'count=1'],
+  ['if=a.qcow2', 'of=o.raw', 'count=1E'],
+  ['if=a.qcow2', 'of=o.raw', 'bs=64k', 'count=8E'],
+  ['if=a.qcow2', 'of=o.raw', 'skip=1E'],
+  ['if=a.qcow2', 'of=o.raw', 'bs=1M', 'skip=8E', 'count=1'],
   ['if=r.raw', 'if=a.qcow2', 'of=o.raw', 'bs=512', 'bs=64k'],
   ['if=a.qcow2', 'of=old.raw', 'count=1'],
   // Errors, in qemu-img's order: operands one by one, then the files.

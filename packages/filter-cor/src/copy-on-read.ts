@@ -35,11 +35,6 @@ export function corChildPerm(parent: PermPair): PermPair {
   };
 }
 
-/** bdrv_backing_chain_next(): the next non-filter node below `node`'s backing link. */
-function backingChainNext(node: BlockNode): BlockNode | undefined {
-  return node.skipFilters().backing?.node.skipFilters();
-}
-
 export const copyOnReadDriver = defineBlockDriver({
   name: 'copy-on-read',
   kind: 'filter',
@@ -97,7 +92,7 @@ export const copyOnReadDriver = defineBlockDriver({
           n = bytes - done;
         }
         if (!allocatedHere) {
-          const next = backingChainNext(file.node);
+          const next = file.node.backingChainNext();
           try {
             const r = next ? await isAllocatedAbove(next, bottom, true, off, n) : { depth: 0, pnum: n };
             if (r.depth > 0) localFlags |= ReqFlag.COPY_ON_READ;

@@ -29,6 +29,19 @@ function below(node: BlockNode): BlockNode | undefined {
   return node.filterOrCowChild()?.node;
 }
 
+/** bdrv_find_overlay(): the image (filters skipped) whose next image down is `base`. */
+function findOverlay(active: BlockNode, base: BlockNode): BlockNode | undefined {
+  const b = base.skipFilters();
+  for (let n: BlockNode | undefined = active.skipFilters(); n; ) {
+    const next = n.backingChainNext();
+    if (next === b) return n;
+    n = next;
+  }
+  return undefined;
+}
+
+const ON_ERROR = ['report', 'ignore', 'stop', 'enospc', 'auto'];
+
 export async function startCommit(graph: Graph, input: CommitOptions | Record<string, unknown>, opts: { txn?: JobTxn } = {}): Promise<MirrorJob> {
   const o = normaliseMirrorOptions(input as Record<string, unknown>) as unknown as CommitOptions;
   if (typeof o.device !== 'string') throw new BlockError('EINVAL', "Parameter 'device' is missing");
@@ -40,9 +53,13 @@ export async function startCommit(graph: Graph, input: CommitOptions | Record<st
     for (let n = below(top); n; n = below(n)) base = n;
   }
   if (!base || base === top) throw new BlockError('EINVAL', 'cannot commit an image into itself');
-  // bdrv_find_overlay(): the node right above the base.
-  let overlay: BlockNode | undefined = top;
-  while (overlay && below(overlay) !== base) overlay = below(overlay);
+  if (o.onError !== undefined && !ON_ERROR.includes(o.onError)) {
+    throw new BlockError('EINVAL', `Parameter 'on-error' does not accept value '${String(o.onError)}'`);
+  }
+  if (o.speed !== undefined && (!Number.isSafeInteger(o.speed) || o.speed < 0)) {
+    throw new BlockError('EINVAL', "Parameter 'speed' expects a non-negative value");
+  }
+  const overlay = findOverlay(top, base);
   if (!overlay) throw new BlockError('EINVAL', `'${base.nodeName}' is not in the backing chain of '${top.nodeName}'`);
 
   const baseReadOnly = base.readOnly;

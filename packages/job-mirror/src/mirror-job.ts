@@ -57,7 +57,10 @@ const macrotask: (fn: () => void) => void =
 export interface ActiveCommit {
   /** The node right above the base: what is allocated from the source down to it gets copied. */
   baseOverlay: BlockNode;
-  /** The base was read-only before the job made it writable: an aborted job makes it read-only again. */
+  /**
+   * The base was read-only before the job made it writable: a job that does not complete makes it read-only
+   * again (QEMU 7.2 leaves it writable; later QEMU restores it, as here).
+   */
   baseReadOnly: boolean;
 }
 
@@ -138,6 +141,8 @@ export class MirrorJob extends Job {
   private readonly maxIoBytes: number;
   private readonly baseOverlay: BlockNode | undefined;
   private readonly activeCommit: ActiveCommit | undefined;
+  /** The links from the source down to the base are frozen by this job (and only then unfrozen by it). */
+  private chainFrozen = false;
 
   constructor(p: MirrorJobParams) {
     super(p.graph, { id: p.id, type: p.commit ? 'commit' : 'mirror', autoFinalize: p.autoFinalize, autoDismiss: p.autoDismiss, speed: p.speed, txn: p.txn });
@@ -164,6 +169,12 @@ export class MirrorJob extends Job {
     // Until the job is attached to the mirror node (after the initial scan), writes pass the node untracked; the
     // catcher records them in every mode. Active modes drop it when the job attaches (attachToMirrorNode()).
     this.catcher = p.source.createDirtyBitmap({ granularity: p.granularity });
+  }
+
+  /** An active commit keeps the chain between source and base as it is while it runs (bdrv_freeze_backing_chain). */
+  freezeCommitChain(): void {
+    this.graph.freezeChain(this.source, this.target);
+    this.chainFrozen = true;
   }
 
   get copyMode(): MirrorCopyMode {
@@ -913,7 +924,7 @@ export class MirrorJob extends Job {
     const target = this.target.skipFilters();
     if (this.backingMode === 'source') {
       // bdrv_backing_chain_next() of the source for sync=top (mirror_start()'s base); the source for sync=none.
-      const backing = this.sync === 'none' ? this.source : this.sync === 'top' ? (this.source.skipFilters().backing?.node.skipFilters() ?? null) : null;
+      const backing = this.sync === 'none' ? this.source : this.sync === 'top' ? (this.source.backingChainNext() ?? null) : null;
       if ((target.backing?.node ?? null) !== backing) await this.graph.setBacking(target, backing);
     } else {
       await this.graph.openBackingFile(target);
@@ -925,7 +936,8 @@ export class MirrorJob extends Job {
     if (this.exited) return;
     this.exited = true;
     const graph = this.graph;
-    if (this.activeCommit) graph.unfreezeChain(this.source, this.target);
+    if (this.chainFrozen) graph.unfreezeChain(this.source, this.target);
+    this.chainFrozen = false;
     try {
       await this.removeCorNode();
       this.mirrorTop.releaseDirtyBitmap(this.bitmap, true);

@@ -75,7 +75,6 @@ export async function startMirrorJob(graph: Graph, o: MirrorOptions, txn: JobTxn
     ...(o.filterNodeName !== undefined ? { nodeName: o.filterNodeName } : {}),
   });
   let job: MirrorJob | undefined;
-  let frozen = false;
   try {
     // The base of an active commit is read through the chain above it while the job writes what it already has.
     const targetBackend = graph.backend(target, {
@@ -123,11 +122,9 @@ export async function startMirrorJob(graph: Graph, o: MirrorOptions, txn: JobTxn
         const filtersOnBase = n.skipFilters() === target.skipFilters();
         job.addNodeEdge('intermediate node', n, 0, Perm.WRITE_UNCHANGED | Perm.WRITE | (filtersOnBase ? Perm.CONSISTENT_READ : 0));
       }
-      graph.freezeChain(source, target);
-      frozen = true;
+      job.freezeCommitChain();
     }
   } catch (e) {
-    if (frozen) graph.unfreezeChain(source, target);
     if (job) job.cancel(true);
     state.stop = true;
     await graph.removeFilter(mirrorTop).catch(() => undefined);

@@ -109,6 +109,17 @@ describe('active commit', () => {
     await expect(startCommit(g, { device: 'top', base: 'top' })).rejects.toThrow('cannot commit an image into itself');
     await expect(startCommit(g, { device: 'mid', base: 'topfile' })).rejects.toThrow("'topfile' is not in the backing chain of 'mid'");
     await expect(startCommit(g, { device: 'base' })).rejects.toThrow('cannot commit an image into itself');
+    await expect(startCommit(g, { device: 'top', onError: 'sometimes' as never })).rejects.toThrow("Parameter 'on-error' does not accept value 'sometimes'");
+    expect(g.jobs.size).toBe(0);
+  });
+
+  it('a commit that cannot start leaves links frozen by others frozen, and its own not', async () => {
+    const { g } = await chain({ baseReadOnly: true });
+    g.freezeChain(g.getNode('mid'), g.getNode('base'));
+    await expect(startCommit(g, { jobId: 'job0', device: 'top' })).rejects.toThrow(/Cannot freeze 'backing' link/);
+    expect(g.getNode('mid').backing?.frozen).toBe(true);
+    expect(g.getNode('top').backing?.frozen).toBe(false);
+    expect(g.getNode('base').readOnly).toBe(true);
     expect(g.jobs.size).toBe(0);
   });
 });

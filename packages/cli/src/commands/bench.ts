@@ -3,11 +3,12 @@
  * (wrapping at the end of the image), reads or -w writes, a flush every --flush-interval writes (draining the
  * queue first unless --no-drain).
  */
-import { IOVector, ReqFlag, STRERROR, allocAlignedBuffer, isBlockError, type BlockBackend } from '@blockgraph/block-core';
+import { IOVector, ReqFlag, allocAlignedBuffer, type BlockBackend } from '@blockgraph/block-core';
 import { cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, parseArgs } from '../lib/args.js';
 import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph, type CacheMode } from '../lib/open.js';
 import { fixed } from '../lib/printf.js';
+import { strerror } from '../lib/strerror.js';
 
 const INT_MAX = 2 ** 31 - 1;
 
@@ -61,7 +62,7 @@ export function runBench(b: BenchData): Promise<void> {
       if (completed++ === 0) setImmediate(handleCompleted);
     };
     const fail = (what: string, e: unknown) => {
-      reject(new CliError(`${what}: ${isBlockError(e) ? STRERROR[e.code] : (e as Error).message}`));
+      reject(new CliError(`${what}: ${strerror(e)}`));
     };
     const cb = (): void => {
       if (b.inFlush) {

@@ -5,6 +5,7 @@ import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { fixed } from '../lib/printf.js';
 import { toQemuJsonPretty, type QValue } from '../lib/qjson.js';
+import { strerror } from '../lib/strerror.js';
 
 type ImageCheck = Record<string, QValue | undefined>;
 
@@ -71,7 +72,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         ctx.error('This image format does not support checks');
         return 63;
       }
-      ctx.error(`Check failed: ${isBlockError(e) ? STRERROR[e.code] : (e as Error).message}`);
+      ctx.error(`Check failed: ${strerror(e)}`);
       return 1;
     }
     indicator.clear();

@@ -2,46 +2,14 @@
  * blockgraph commit — qemu-img commit: copy what an overlay holds into its backing file (or, with -b, into a
  * deeper image of its chain) through an active commit job, then empty the overlay unless -d (or -b) keeps it.
  */
-import { realpathSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
-import { isBlockError, Perm, PERM_ALL, type BlockNode } from '@blockgraph/block-core';
+import { isBlockError, Perm, PERM_ALL } from '@blockgraph/block-core';
 import { cvtnum, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
-import { driverInfo } from '../lib/image-info.js';
+import { findBackingImage } from '../lib/backing-chain.js';
 import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
+import { runBlockJob } from '../lib/run-block-job.js';
 import { strerror } from '../lib/strerror.js';
-
-function canonical(path: string): string | undefined {
-  try {
-    return realpathSync(path);
-  } catch {
-    return undefined;
-  }
-}
-
-/** The next image down the chain (bdrv_backing_chain_next: filters skipped). */
-function backingImage(node: BlockNode): BlockNode | undefined {
-  return node.skipFilters().backing?.node.skipFilters();
-}
-
-/**
- * bdrv_find_backing_image() for file names: `name` is taken relative to each overlay's directory and compared,
- * canonicalised, with the backing file that overlay records.
- */
-function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
-  for (let cur: BlockNode | undefined = top.skipFilters(); cur; cur = backingImage(cur)) {
-    const below = backingImage(cur);
-    if (!below) return undefined;
-    const recorded = driverInfo(cur)?.backingFilename;
-    const dir = cur.filename !== undefined ? dirname(cur.filename) : '.';
-    if (recorded === undefined) continue;
-    const want = canonical(isAbsolute(name) ? name : resolve(dir, name));
-    const have = canonical(isAbsolute(recorded) ? recorded : resolve(dir, recorded));
-    if (want !== undefined && want === have) return below;
-  }
-  return undefined;
-}
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const { options, operands } = parseArgs(argv, ':f:ht:b:dpqr:', [HELP, OBJECT, IMAGE_OPTS]);
@@ -81,23 +49,12 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     bar.print(0, 100);
     let failure: string | undefined;
     try {
-      const baseNode = base !== undefined ? findBackingImage(top, base) : backingImage(top);
+      const baseNode = base !== undefined ? findBackingImage(top, base) : top.backingChainNext();
       if (!baseNode) {
         throw new CliError(base !== undefined ? `Did not find '${base}' in the backing chain of '${filename}'` : 'Image does not have a backing file');
       }
       const job = await startCommit(graph, { jobId: 'commit', device: top.nodeName, base: baseNode.nodeName, speed: rateLimit });
-      const tick = setInterval(() => {
-        const { current, total } = job.progress;
-        bar.print(total ? (current / total) * 100 : 0, 0);
-      }, 100);
-      try {
-        // run_block_job(): wait for READY, then complete.
-        await job.waitFor('ready');
-        if (job.status === 'ready') job.complete();
-        await job.waitFinished();
-      } finally {
-        clearInterval(tick);
-      }
+      await runBlockJob(job, (percent) => bar.print(percent, 0));
       if (job.error) throw new CliError(`Block job failed: ${strerror(job.error)}`);
       bar.print(100, 0);
       if (!drop) {

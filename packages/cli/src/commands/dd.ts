@@ -4,7 +4,7 @@
  * operands are checked in order, and a skip past the end makes an empty image with a warning.
  */
 import { INT64_MAX, Perm } from '@blockgraph/block-core';
-import { cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
+import { cvtnum, cvtnumBig, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, type Ctx } from '../lib/context.js';
 import { errMessage, openImage, withGraph } from '../lib/open.js';
 import { formatDriver } from './create.js';
@@ -15,8 +15,9 @@ const INT_MAX = 2 ** 31 - 1;
 
 interface DdOperands {
   bs: number;
-  count?: number;
-  skip?: number;
+  /** Up to INT64_MAX, as qemu-img takes them (`count=1E` copies the whole image). */
+  count?: bigint;
+  skip?: bigint;
   input?: string;
   output?: string;
 }
@@ -30,8 +31,8 @@ function parseOperands(ctx: Ctx, operands: readonly string[]): DdOperands {
     const value = arg.slice(eq + 1);
     if (eq < 0) throw new CliError(`unrecognized operand ${arg}`);
     if (name === 'bs') dd.bs = cvtnum(ctx, 'bs', value, 1n, BigInt(INT_MAX));
-    else if (name === 'count') dd.count = cvtnum(ctx, 'count', value);
-    else if (name === 'skip') dd.skip = cvtnum(ctx, 'skip', value);
+    else if (name === 'count') dd.count = cvtnumBig(ctx, 'count', value);
+    else if (name === 'skip') dd.skip = cvtnumBig(ctx, 'skip', value);
     else if (name === 'if') dd.input = value;
     else if (name === 'of') dd.output = value;
     else throw new CliError(`unrecognized operand ${name}`);
@@ -64,17 +65,19 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
 
     // blk_getlength() counts whole sectors: a 1000-byte raw input is 1024 bytes long here, as in qemu-img.
     let size = Math.ceil(src.blk.getLength() / SECTOR) * SECTOR;
-    if (dd.count !== undefined && BigInt(dd.count) <= INT64_MAX / BigInt(bs) && size > dd.count * bs) size = dd.count * bs;
-    const skipBytes = dd.skip === undefined ? 0 : BigInt(dd.skip) * BigInt(bs);
-    const skipPastEnd = dd.skip !== undefined && (BigInt(dd.skip) > INT64_MAX / BigInt(bs) || BigInt(size) < skipBytes);
+    const bsBig = BigInt(bs);
+    if (dd.count !== undefined && dd.count <= INT64_MAX / bsBig && BigInt(size) > dd.count * bsBig) size = Number(dd.count * bsBig);
+    // Overflow means the offset is beyond the input's end, as in qemu-img.
+    const skipPastEnd = dd.skip !== undefined && (dd.skip > INT64_MAX / bsBig || BigInt(size) < dd.skip * bsBig);
+    const skipBytes = dd.skip === undefined || skipPastEnd ? 0 : Number(dd.skip * bsBig);
     try {
-      await graph.createImage(outFmt, { filename: output, size: skipPastEnd ? 0 : size - Number(skipBytes) });
+      await graph.createImage(outFmt, { filename: output, size: skipPastEnd ? 0 : size - skipBytes });
     } catch (e) {
       throw new CliError(`${output}: error while creating output image: ${oneLine(errMessage(e))}`);
     }
     const dst = await openImage(ctx, graph, { filename: output, format: outFmt, readOnly: false, quiet: true, perm: Perm.CONSISTENT_READ | Perm.WRITE });
 
-    let inPos = Number(skipBytes);
+    let inPos = skipBytes;
     if (skipPastEnd) {
       ctx.error(`${input}: cannot skip to specified offset`);
       inPos = size;

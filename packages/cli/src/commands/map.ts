@@ -1,9 +1,10 @@
 /** blockgraph map — qemu-img map (get_block_status + the merging rule of qemu-img.c). */
-import { BlockStatus, STRERROR, blockStatus, isBlockError, type BlockNode } from '@blockgraph/block-core';
+import { BlockStatus, blockStatus, type BlockNode } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, OUTPUT, cvtnum, parseArgs, parseOutputFormat } from '../lib/args.js';
 import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, withGraph } from '../lib/open.js';
 import { hex, padRight } from '../lib/printf.js';
+import { strerror } from '../lib/strerror.js';
 
 export interface MapEntry {
   start: number;
@@ -144,7 +145,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
           next = await getBlockStatus(top, offset, n);
         } catch (e) {
           if (e instanceof CliError) throw e;
-          throw new CliError(`Could not read file metadata: ${isBlockError(e) ? STRERROR[e.code] : (e as Error).message}`);
+          throw new CliError(`Could not read file metadata: ${strerror(e)}`);
         }
         if (mergeable(curr, next)) {
           curr.length += next.length;

@@ -8,6 +8,7 @@ import { cvtnum, HELP, IMAGE_OPTS, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
 import { errMessage, openImage, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
+import { runBlockJob } from '../lib/run-block-job.js';
 import { imgCreate } from './create.js';
 
 const SYNC_MODES = ['full', 'top', 'none'] as const;
@@ -132,22 +133,16 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       off();
       throw new CliError(oneLine(errMessage(e)));
     }
-    const tick = setInterval(() => {
-      const { current, total } = job.progress;
-      const pct = total ? (current / total) * 100 : 0;
-      if (pct !== last) {
-        // With max 0 the value is absolute (qemu_progress_print semantics).
-        bar.print(pct, 0);
-        barOpen = progress;
-      }
-      last = pct;
-    }, 100);
     try {
-      await job.waitFor('ready');
-      if (job.status === 'ready') job.complete();
-      await job.waitFinished();
+      await runBlockJob(job, (pct) => {
+        if (pct !== last) {
+          // With max 0 the value is absolute (qemu_progress_print semantics).
+          bar.print(pct, 0);
+          barOpen = progress;
+        }
+        last = pct;
+      });
     } finally {
-      clearInterval(tick);
       off();
       if (!job.error && last < 100) bar.print(100, 0);
       if (barOpen || !progress) bar.end();

@@ -5,10 +5,8 @@
  * amend() that takes backingFile/backingFmt.
  */
 import {
-  STRERROR,
   isAllocated,
   isAllocatedAbove,
-  isBlockError,
   resolveRelativeFilename,
   type BlockBackend,
   type BlockNode,
@@ -18,6 +16,8 @@ import { CliError, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
 import { compareBuffers } from './compare.js';
+import { findBackingImage } from '../lib/backing-chain.js';
+import { strerror } from '../lib/strerror.js';
 
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 
@@ -32,14 +32,6 @@ async function changeBackingFile(node: BlockNode, file: string | undefined, fmt:
     return impl.amend({ backingFile: file ?? '', ...(fmt !== undefined ? { backingFmt: fmt } : {}) });
   }
   throw Object.assign(new Error('Operation not supported'), { code: 'ENOTSUP' });
-}
-
-/** bdrv_find_backing_image(): a node of the chain below `top` whose file name is `name`. */
-function findBackingImage(top: BlockNode, name: string): BlockNode | undefined {
-  for (let n = top.backing?.node; n; n = n.skipFilters().backing?.node) {
-    if (n.filename === name) return n;
-  }
-  return undefined;
 }
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
@@ -124,7 +116,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
               if (!b.depth) continue;
             }
           } catch (e) {
-            throw new CliError(`error while reading image metadata: ${isBlockError(e) ? STRERROR[e.code] : (e as Error).message}`);
+            throw new CliError(`error while reading image metadata: ${strerror(e)}`);
           }
           if (offset >= oldSize || !oldBacking) {
             bufOld.fill(0, 0, n);
@@ -155,7 +147,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
                 if (bufOldIsZero) await img.blk.pwriteZeroes(offset + written, r.pnum);
                 else await img.blk.pwrite(offset + written, bufOld.subarray(written, written + r.pnum));
               } catch (e) {
-                throw new CliError(`Error while writing to COW image: ${isBlockError(e) ? STRERROR[e.code] : (e as Error).message}`);
+                throw new CliError(`Error while writing to COW image: ${strerror(e)}`);
               }
             }
             written += r.pnum;
@@ -176,8 +168,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       } catch (e) {
         const code = (e as { code?: string }).code;
         if (code === 'ENOSPC') throw new CliError(`Could not change the backing file to '${outBaseimg}': No space left in the file header`);
-        const text = code && code in STRERROR ? STRERROR[code as keyof typeof STRERROR] : (e as Error).message;
-        throw new CliError(`Could not change the backing file to '${outBaseimg ?? ''}': ${text}`);
+        throw new CliError(`Could not change the backing file to '${outBaseimg ?? ''}': ${strerror(e)}`);
       }
       prog.print(100, 0);
       return 0;

@@ -1,9 +1,10 @@
 /** blockgraph snapshot — qemu-img snapshot -l | -c NAME | -a NAME | -d NAME (internal snapshots). */
-import { ERRNO, STRERROR, isBlockError, type BlockNode, type Graph, type GraphEvent, type SnapshotInfo } from '@blockgraph/block-core';
+import { ERRNO, isBlockError, type BlockNode, type Graph, type GraphEvent, type SnapshotInfo } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
 import { snapshotRow, snapshotToQapi } from '../lib/image-info.js';
 import { errMessage, openImage, warnProbedRaw, withGraph } from '../lib/open.js';
+import { strerror } from '../lib/strerror.js';
 
 type Action = 'list' | 'apply' | 'create' | 'delete';
 
@@ -113,8 +114,7 @@ async function act(
       } catch (e) {
         const code = (e as { code?: string }).code as keyof typeof ERRNO | undefined;
         const errno = code && code in ERRNO ? ERRNO[code] : 5;
-        const text = code && code in STRERROR ? STRERROR[code] : oneLine(errMessage(e));
-        ctx.error(`Could not create snapshot '${name}': -${errno} (${text})`);
+        ctx.error(`Could not create snapshot '${name}': -${errno} (${oneLine(strerror(e))})`);
         return 1;
       }
       return 0;

@@ -31,8 +31,8 @@ export function parseOutputFormat(value: string | undefined): OutputFormat {
   throw new CliError('--output must be used with human or json as argument.');
 }
 
-/** qemu-img's cvtnum_full(): a size option value, with its two-part message joined into one line. */
-export function cvtnum(ctx: Ctx, name: string, value: string, min = 0n, max = INT64_MAX): number {
+/** qemu-img's cvtnum_full() with the value as it is (up to INT64_MAX); the two-part message joined into one line. */
+export function cvtnumBig(ctx: Ctx, name: string, value: string, min = 0n, max = INT64_MAX): bigint {
   const r = parseQemuSize(value);
   if (!r.ok && r.error === 'EINVAL') {
     throw new CliError(
@@ -43,10 +43,16 @@ export function cvtnum(ctx: Ctx, name: string, value: string, min = 0n, max = IN
     throw new CliError(`Invalid ${name} specified. Must be between ${min} and ${max}.`);
   }
   if (r.warning) ctx.warn(r.warning);
-  if (r.value > BigInt(Number.MAX_SAFE_INTEGER)) {
+  return r.value;
+}
+
+/** cvtnum_full() for values used as byte counts here: beyond 2^53 they are refused with a message saying so. */
+export function cvtnum(ctx: Ctx, name: string, value: string, min = 0n, max = INT64_MAX): number {
+  const v = cvtnumBig(ctx, name, value, min, max);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new CliError(`Invalid ${name} specified: ${value} is beyond ${Number.MAX_SAFE_INTEGER}, the largest size blockgraph handles.`);
   }
-  return Number(r.value);
+  return Number(v);
 }
 
 /** Accumulate -o arguments like accumulate_options(). */

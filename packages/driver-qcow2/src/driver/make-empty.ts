@@ -1,10 +1,10 @@
 /**
  * qcow2_make_empty() (bdrv_make_empty; `qemu-img commit` empties the committed top with it). A v3 image without
- * snapshots, bitmaps, encryption or external data file is rebuilt in place as QEMU's make_completely_empty()
+ * snapshots, bitmaps, LUKS encryption or external data file is rebuilt in place as QEMU's make_completely_empty()
  * does — header, one-cluster refcount table, one refcount block, a zeroed L1 table, nothing else — so the file
  * comes out as QEMU's; any other image has every guest cluster discarded.
  */
-import { BlockError } from '@blockgraph/block-core';
+import { BlockError, isBlockError } from '@blockgraph/block-core';
 import { CryptMethod } from '../format/index.js';
 import { clusterDiscard } from './cluster.js';
 import { markClean, markDirty } from './header-io.js';
@@ -37,10 +37,11 @@ export async function makeEmpty(s: Qcow2State): Promise<void> {
 
 /**
  * make_completely_empty(). The dirty bit covers the steps in between: until the refcounts are rebuilt, a crash
- * leaves an image that the next read-write open repairs.
+ * leaves an image that the next read-write open repairs. A failure in between leaves the in-memory refcounts
+ * wrong, so the node stops (QEMU's fail_broken_refcounts: bs->drv = NULL): no more I/O, and the dirty bit stays
+ * set for that repair, because close() does not mark a broken image clean.
  */
 async function makeCompletelyEmpty(s: Qcow2State, l1Clusters: number): Promise<void> {
-  const cs = s.clusterSize;
   await processDiscards(s, true);
   // qcow2_cache_empty(): write back, then forget every cached table.
   await s.l2Cache.flush();
@@ -48,7 +49,18 @@ async function makeCompletelyEmpty(s: Qcow2State, l1Clusters: number): Promise<v
   await s.refCache.flush();
   s.refCache.dropAll();
   await markDirty(s);
+  try {
+    await rebuildEmpty(s, l1Clusters);
+  } catch (e) {
+    s.broken = new BlockError(isBlockError(e) ? e.code : 'EIO', `Emptying the image failed, it needs a repair: ${(e as Error).message}`, { cause: e });
+    throw e;
+  }
+  await markClean(s);
+  await s.file.truncate((3 + l1Clusters) * s.clusterSize, false, 'off', 0);
+}
 
+async function rebuildEmpty(s: Qcow2State, l1Clusters: number): Promise<void> {
+  const cs = s.clusterSize;
   await s.file.pwriteZeroes(s.l1Offset, l1Clusters * cs, 0);
   s.l1.fill(0);
   // The refcount table, the first refcount block and the L1 table go to clusters 1, 2 and 3 on.
@@ -75,6 +87,4 @@ async function makeCompletelyEmpty(s: Qcow2State, l1Clusters: number): Promise<v
   s.metadataPreallocation = null;
   const offset = await allocClusters(s, 3 * cs + s.l1Size * 8);
   if (offset !== 0) throw new BlockError('EIO', 'First cluster in emptied image is in use');
-  await markClean(s);
-  await s.file.truncate((3 + l1Clusters) * cs, false, 'off', 0);
 }
