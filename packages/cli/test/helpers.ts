@@ -164,7 +164,7 @@ export async function twin(
   setup: (dir: string) => void,
   args: (dir: string) => string[],
   tool: 'qemu-img' | 'qemu-io' = 'qemu-img',
-  opts: { spawn?: boolean } = {},
+  opts: { spawn?: boolean; env?: (dir: string) => NodeJS.ProcessEnv } = {},
 ): Promise<Twin> {
   const qd = tempDir('q');
   const bd = tempDir('b');
@@ -175,9 +175,10 @@ export async function twin(
     stdout: r.stdout.split(dir).join('$DIR'),
     stderr: r.stderr.split(dir).join('$DIR'),
   });
-  const q = subst(run(tool, args(qd.dir)), qd.dir);
+  const q = subst(run(tool, args(qd.dir), opts.env ? { env: { ...process.env, ...opts.env(qd.dir) } } : {}), qd.dir);
   const bargs = [...(tool === 'qemu-io' ? ['io'] : []), ...args(bd.dir)];
-  const b = subst(opts.spawn ? bgSpawn(bargs) : await bg(...bargs), bd.dir);
+  // An environment of its own needs a process of its own.
+  const b = subst(opts.spawn || opts.env ? bgSpawn(bargs, opts.env ? { env: opts.env(bd.dir) } : {}) : await bg(...bargs), bd.dir);
   return {
     qdir: qd.dir,
     bdir: bd.dir,

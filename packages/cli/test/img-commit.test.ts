@@ -8,7 +8,7 @@
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bg, cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
+import { cachedSetup, must, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -109,28 +109,23 @@ describe('blockgraph commit against qemu-img commit', () => {
   for (const args of CASES) {
     it(args.join(' ') || '(no arguments)', async (ctx) => {
       need(ctx);
-      const q = tempDir('q');
-      const b = tempDir('b');
+      const setup = (dir: string) => {
+        chains(dir);
+        subOverlay(dir);
+      };
+      const abs = (dir: string) =>
+        args.map((a, i) =>
+          /\.(qcow2|raw)$/.test(a) && !a.includes('=') && args[i - 1] !== '-b' ? join(dir, a) : a.replace(/(file\.filename=)(.*)/, `$1${dir}/$2`),
+        );
+      const t = await twin(setup, (dir) => ['commit', ...abs(dir)]);
       try {
-        for (const d of [q.dir, b.dir]) {
-          chains(d);
-          subOverlay(d);
-        }
-        const abs = (dir: string) =>
-          args.map((a, i) =>
-            /\.(qcow2|raw)$/.test(a) && !a.includes('=') && args[i - 1] !== '-b' ? join(dir, a) : a.replace(/(file\.filename=)(.*)/, `$1${dir}/$2`),
-          );
-        const qr = run('qemu-img', ['commit', ...abs(q.dir)]);
-        const br = await bg('commit', ...abs(b.dir));
-        const strip = (text: string, dir: string) => text.split(dir).join('$DIR');
-        expect({ status: br.status, stdout: progressShape(br.stdout) }).toEqual({ status: qr.status, stdout: progressShape(qr.stdout) });
-        expect(strip(br.stderr, b.dir)).toBe(normaliseStderr(strip(qr.stderr, q.dir)));
-        for (const f of files(q.dir)) {
-          expect(readFileSync(join(b.dir, f)).equals(readFileSync(join(q.dir, f))), f).toBe(true);
+        expect({ status: t.b.status, stdout: progressShape(t.b.stdout) }).toEqual({ status: t.q.status, stdout: progressShape(t.q.stdout) });
+        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+        for (const f of files(t.qdir)) {
+          expect(readFileSync(join(t.bdir, f)).equals(readFileSync(join(t.qdir, f))), f).toBe(true);
         }
       } finally {
-        q.cleanup();
-        b.cleanup();
+        t.cleanup();
       }
     });
   }

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bg, cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
+import { cachedSetup, must, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -83,25 +83,18 @@ describe('blockgraph dd against qemu-img dd', () => {
   for (const args of CASES) {
     it(args.join(' '), async (ctx) => {
       need(ctx);
-      const q = tempDir('q');
-      const b = tempDir('b');
+      const t = await twin(inputs, (dir) => ['dd', ...absolute(dir, args)]);
       try {
-        inputs(q.dir);
-        inputs(b.dir);
-        const qr = run('qemu-img', ['dd', ...absolute(q.dir, args)]);
-        const br = await bg('dd', ...absolute(b.dir, args));
-        const strip = (text: string, dir: string) => text.split(dir).join('$DIR');
-        expect({ status: br.status, stdout: br.stdout }).toEqual({ status: qr.status, stdout: qr.stdout });
-        expect(strip(br.stderr, b.dir)).toBe(normaliseStderr(strip(qr.stderr, q.dir)));
+        expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
+        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
         const out = [...args].reverse().find((a) => a.startsWith('of='))?.slice(3);
         if (out && !out.includes('/') && out !== 'a.qcow2') {
-          expect(existsSync(join(b.dir, out)), out).toBe(existsSync(join(q.dir, out)));
-          if (existsSync(join(q.dir, out))) expect(readFileSync(join(b.dir, out)).equals(readFileSync(join(q.dir, out))), out).toBe(true);
+          expect(existsSync(join(t.bdir, out)), out).toBe(existsSync(join(t.qdir, out)));
+          if (existsSync(join(t.qdir, out))) expect(readFileSync(join(t.bdir, out)).equals(readFileSync(join(t.qdir, out))), out).toBe(true);
         }
-        for (const f of INPUTS) expect(readFileSync(join(b.dir, f)).equals(readFileSync(join(q.dir, f))), f).toBe(true);
+        for (const f of INPUTS) expect(readFileSync(join(t.bdir, f)).equals(readFileSync(join(t.qdir, f))), f).toBe(true);
       } finally {
-        q.cleanup();
-        b.cleanup();
+        t.cleanup();
       }
     });
   }

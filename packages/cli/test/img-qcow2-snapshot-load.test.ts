@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bg, cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
+import { cachedSetup, must, normaliseStderr, qcow2Requirement, run, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -120,25 +120,8 @@ function absolute(dir: string, args: string[]): string[] {
 
 const SOURCES = ['a.qcow2', 'el2.qcow2', 'overlay.qcow2', 'comp.qcow2', 'bad.qcow2', 'small.qcow2'];
 
-async function bothTools(command: string, args: string[]) {
-  const q = tempDir('q');
-  const b = tempDir('b');
-  images(q.dir);
-  images(b.dir);
-  const qr = run('qemu-img', [command, ...absolute(q.dir, args)]);
-  const br = await bg(command, ...absolute(b.dir, args));
-  const strip = (text: string, dir: string) => text.split(dir).join('$DIR');
-  return {
-    q: { ...qr, stdout: strip(qr.stdout, q.dir), stderr: strip(qr.stderr, q.dir) },
-    b: { ...br, stdout: strip(br.stdout, b.dir), stderr: strip(br.stderr, b.dir) },
-    qdir: q.dir,
-    bdir: b.dir,
-    cleanup: () => {
-      q.cleanup();
-      b.cleanup();
-    },
-  };
-}
+/** Both tools on their own copies of the images; outputs with the directory as $DIR. */
+const bothTools = (command: string, args: string[]) => twin(images, (dir) => [command, ...absolute(dir, args)]);
 
 describe('blockgraph convert -l (internal snapshot as the source) against qemu-img', () => {
   for (const args of CONVERT) {

@@ -7,7 +7,7 @@
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bgSpawn, cachedSetup, filterQemuIo, must, qcow2Requirement, run, tempDir } from './helpers.js';
+import { cachedSetup, filterQemuIo, must, qcow2Requirement, twin, type RunResult } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -62,29 +62,25 @@ describe('blockgraph io -s (temporary snapshot overlay) against qemu-io', () => 
   for (const c of CASES) {
     it(c.name, async (ctx) => {
       need(ctx);
-      const q = tempDir('q');
-      const b = tempDir('b');
+      const setup = (dir: string) => {
+        images(dir);
+        mkdirSync(join(dir, 'tmp'));
+      };
+      const t = await twin(setup, (dir) => c.args.map((a) => a.split('$DIR').join(dir)), 'qemu-io', {
+        env: (dir) => ({ TMPDIR: join(dir, c.tmpdir ?? 'tmp') }),
+      });
       try {
-        images(q.dir);
-        images(b.dir);
-        const result = (dir: string, r: { status: number; stdout: string; stderr: string }) => ({
+        const norm = (r: RunResult) => ({
           status: r.status,
-          stdout: filterQemuIo(r.stdout.split(dir).join('$DIR')),
-          stderr: r.stderr.split(dir).join('$DIR').replaceAll('qemu-io: ', 'blockgraph: ').replace(/vl\.[A-Za-z0-9]{6}/g, 'vl.XXXXXX'),
+          stdout: filterQemuIo(r.stdout),
+          stderr: r.stderr.replaceAll('qemu-io: ', 'blockgraph: ').replace(/vl\.[A-Za-z0-9]{6}/g, 'vl.XXXXXX'),
         });
-        const args = (dir: string) => c.args.map((a) => a.split('$DIR').join(dir));
-        mkdirSync(join(q.dir, 'tmp'));
-        mkdirSync(join(b.dir, 'tmp'));
-        const tmp = c.tmpdir ?? 'tmp';
-        const qr = result(q.dir, run('qemu-io', args(q.dir), { env: { ...process.env, TMPDIR: join(q.dir, tmp) } }));
-        const br = result(b.dir, bgSpawn(['io', ...args(b.dir)], { env: { TMPDIR: join(b.dir, tmp) } }));
-        expect(br).toEqual(qr);
-        for (const f of FILES) expect(readFileSync(join(b.dir, f)).equals(readFileSync(join(q.dir, f))), f).toBe(true);
-        expect(readdirSync(join(q.dir, 'tmp'))).toEqual([]);
-        expect(readdirSync(join(b.dir, 'tmp'))).toEqual([]);
+        expect(norm(t.b)).toEqual(norm(t.q));
+        for (const f of FILES) expect(readFileSync(join(t.bdir, f)).equals(readFileSync(join(t.qdir, f))), f).toBe(true);
+        expect(readdirSync(join(t.qdir, 'tmp'))).toEqual([]);
+        expect(readdirSync(join(t.bdir, 'tmp'))).toEqual([]);
       } finally {
-        q.cleanup();
-        b.cleanup();
+        t.cleanup();
       }
     });
   }

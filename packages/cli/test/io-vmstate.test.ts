@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { bgSpawn, cachedSetup, filterQemuIo, must, qcow2Requirement, run, tempDir } from './helpers.js';
+import { cachedSetup, filterQemuIo, must, qcow2Requirement, run, twin, type RunResult } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -38,25 +38,14 @@ describe('blockgraph io write -b / read -b (VM state) against qemu-io', () => {
   for (const c of CASES) {
     it(c.name, async (ctx) => {
       need(ctx);
-      const q = tempDir('q');
-      const b = tempDir('b');
+      const t = await twin(images, (dir) => c.args.map((a) => (/\.(qcow2|raw)$/.test(a) ? join(dir, a) : a)), 'qemu-io', { spawn: true });
       try {
-        images(q.dir);
-        images(b.dir);
-        const args = (dir: string) => c.args.map((a) => (/\.(qcow2|raw)$/.test(a) ? join(dir, a) : a));
-        const norm = (dir: string, r: { status: number; stdout: string; stderr: string }) => ({
-          status: r.status,
-          stdout: filterQemuIo(r.stdout.split(dir).join('$DIR')),
-          stderr: r.stderr.split(dir).join('$DIR').replaceAll('qemu-io: ', 'blockgraph: '),
-        });
-        const qr = norm(q.dir, run('qemu-io', args(q.dir)));
-        const br = norm(b.dir, bgSpawn(['io', ...args(b.dir)]));
-        expect(br).toEqual(qr);
-        for (const f of FILES) expect(readFileSync(join(b.dir, f)).equals(readFileSync(join(q.dir, f))), f).toBe(true);
-        expect(run('qemu-img', ['check', '-q', join(b.dir, 'plain.qcow2')]).status).toBe(0);
+        const norm = (r: RunResult) => ({ status: r.status, stdout: filterQemuIo(r.stdout), stderr: r.stderr.replaceAll('qemu-io: ', 'blockgraph: ') });
+        expect(norm(t.b)).toEqual(norm(t.q));
+        for (const f of FILES) expect(readFileSync(join(t.bdir, f)).equals(readFileSync(join(t.qdir, f))), f).toBe(true);
+        expect(run('qemu-img', ['check', '-q', join(t.bdir, 'plain.qcow2')]).status).toBe(0);
       } finally {
-        q.cleanup();
-        b.cleanup();
+        t.cleanup();
       }
     });
   }
