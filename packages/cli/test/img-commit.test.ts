@@ -51,6 +51,12 @@ const chains = cachedSetup((d) => {
   create(at('small.qcow2'), '1M', '-b', 'big.qcow2', '-F', 'qcow2');
   io(at('small.qcow2'), 'qcow2', 'write -P 0x82 0 64k');
   create(at('alone.qcow2'), '1M');
+  // Emptying allocates L2 tables where the overlay has none, as QEMU's discard does: an empty v2 overlay, and one
+  // with a snapshot and 2 KiB clusters (many L1 entries).
+  create(at('v2empty.qcow2'), null, '-o', 'compat=0.10', '-b', 'base.qcow2', '-F', 'qcow2');
+  create(at('snapsmall.qcow2'), null, '-o', 'cluster_size=2048', '-b', 'base.qcow2', '-F', 'qcow2');
+  io(at('snapsmall.qcow2'), 'qcow2', 'write -P 0xa1 300k 4k');
+  must('qemu-img', 'snapshot', '-c', 's', at('snapsmall.qcow2'));
 });
 
 /** An overlay in a subdirectory, its backing file named relative to it (made per case: the template is flat). */
@@ -72,6 +78,8 @@ const CASES: string[][] = [
   ['-b', 'top3.qcow2', 'top3.qcow2'],
   ['-b', 'nosuch.qcow2', 'top3.qcow2'],
   ['v2.qcow2'],
+  ['v2empty.qcow2'],
+  ['snapsmall.qcow2'],
   ['snap.qcow2'],
   ['comp.qcow2'],
   ['small.qcow2'],

@@ -790,14 +790,8 @@ export async function clusterDiscard(s: Qcow2State, offset: number, bytes: numbe
   let ok = false;
   try {
     while (nb > 0) {
-      const l1Index = Math.floor(offset / s.g.bytesPerL2Table);
-      // Nothing to do where no L2 table exists and nothing can show through (QEMU would allocate one).
-      if ((full || !s.backing) && (l1Index >= s.l1Size || s.l1L2Offset(l1Index) === 0)) {
-        const skip = Math.min(nb, ((l1Index + 1) * s.g.bytesPerL2Table - offset) / s.clusterSize);
-        nb -= skip;
-        offset += skip * s.clusterSize;
-        continue;
-      }
+      // Where no L2 table exists, one is allocated even when nothing could show through (discard_in_l2_slice()
+      // takes get_cluster_table()): the file comes out as QEMU's.
       const done = await discardInL2Slice(s, offset, nb, type, full);
       nb -= done;
       offset += done * s.clusterSize;
