@@ -128,7 +128,14 @@ export function normaliseStderr(text: string, tool: 'qemu-img' | 'qemu-io' = 'qe
       const prev = out[out.length - 1];
       if (prev !== undefined && prev.endsWith(' for') && prev.startsWith('blockgraph: ')) out[out.length - 1] = `${prev} ${msg}`;
       else out.push(`blockgraph: ${msg}`);
-    } else if (out.length && !l.startsWith('blockgraph: ') && /^[A-Za-z(]/.test(l) && out[out.length - 1]!.startsWith('blockgraph: ')) {
+    } else if (
+      out.length &&
+      !l.startsWith('blockgraph: ') &&
+      // The deprecation warning's "Please use x=on instead" stays a line of its own, in blockgraph as in QEMU.
+      !l.startsWith('Please use ') &&
+      /^[A-Za-z(]/.test(l) &&
+      out[out.length - 1]!.startsWith('blockgraph: ')
+    ) {
       out[out.length - 1] = `${out[out.length - 1]} ${l.trim()}`;
     } else {
       out.push(l);

@@ -120,6 +120,7 @@ describeWithQemu('info (raw)', ['qemu-img', 'qemu-io'], () => {
     ['json: file only', (d) => ['--output=json', `json:{"file.filename":"${join(d, 'a.raw')}"}`]],
     ['--image-opts', (d) => ['--image-opts', `driver=raw,file.driver=file,file.filename=${join(d, 'a.raw')}`]],
     ['--image-opts protocol', (d) => ['--output=json', '--image-opts', `driver=file,filename=${join(d, 'a.raw')}`]],
+    ['--image-opts short-form boolean (deprecated)', (d) => ['--image-opts', `driver=raw,file.filename=${join(d, 'a.raw')},force-share`]],
     ['odd size', (d) => ['--output=json', '-f', 'raw', join(d, 'a.raw')]],
   ];
   for (const [name, args] of forms) {
@@ -145,6 +146,12 @@ describeWithQemu('info (raw)', ['qemu-img', 'qemu-io'], () => {
     ['unknown long option', (d) => ['--bogus', join(d, 'a.raw')]],
     ['missing option argument', () => ['-f']],
     ['--image-opts with -f', (d) => ['-f', 'raw', '--image-opts', `driver=raw,file.filename=${join(d, 'a.raw')}`]],
+    // A bare first element names `file`, a node reference; written-out options need a driver or a file.
+    ['--image-opts bare name', (d) => ['--image-opts', join(d, 'a.raw')]],
+    ['--image-opts neither driver nor file', (d) => ['--image-opts', `filename=${join(d, 'a.raw')}`]],
+    ['--image-opts a format with filename', (d) => ['--image-opts', `driver=raw,filename=${join(d, 'a.raw')}`]],
+    ['json: filename only', (d) => [`json:{"filename":"${join(d, 'a.raw')}"}`]],
+    ['json: format with filename', (d) => [`json:{"driver":"raw","filename":"${join(d, 'a.raw')}"}`]],
   ];
   for (const [name, args] of errors) {
     it(`error: ${name}`, async () => {

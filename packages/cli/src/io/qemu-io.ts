@@ -1176,6 +1176,8 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
       filename,
       format: fmt,
       imageOpts: imgOpts,
+      // qemu-io's option list names no implied key: a bare first element is a (deprecated) boolean flag.
+      imageOptsImplied: null,
       readOnly: flags.readOnly,
       forceShare: flags.forceShare,
       cache: flags.cache,

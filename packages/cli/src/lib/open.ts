@@ -72,6 +72,8 @@ export interface OpenSpec {
   fileOptions?: Options;
   /** Don't print the "probing guessed raw" warning. */
   quiet?: boolean;
+  /** The key a first bare element of an --image-opts string names: 'file' (qemu-img, the default) or none (null, qemu-io). */
+  imageOptsImplied?: string | null;
   /**
    * Open for qemu-img check (BDRV_O_CHECK): a format that knows the mode may then open a corrupt image read-write
    * to repair it, and leaves a dirty one for the check to find.
@@ -97,12 +99,21 @@ export interface OpenedImage {
   writethrough: boolean;
 }
 
-/** The options object a file name / json: filename / option string stands for (before probing). */
-export function imageOptions(spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts'>): Options {
+/**
+ * The options object a file name / json: filename / option string stands for (before probing). In an option
+ * string a first element without '=' names `file` for qemu-img (implied_opt_name), nothing for qemu-io, whose
+ * short-form booleans QEMU warns about (`shortForm` gets them).
+ */
+export function imageOptions(
+  spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts' | 'imageOptsImplied'>,
+  shortForm: (written: string, key: string, value: string) => void = () => {},
+): Options {
   let o: Options;
   if (spec.imageOpts) {
     if (spec.format !== undefined) throw new CliError('--image-opts and --format are mutually exclusive');
-    o = normaliseOptions(optsToObject(parseQemuOpts(spec.filename)));
+    const entries = parseQemuOpts(spec.filename, spec.imageOptsImplied === null ? undefined : (spec.imageOptsImplied ?? 'file'));
+    for (const e of entries) if (e.shortForm !== undefined) shortForm(e.shortForm, e.key, e.value);
+    o = normaliseOptions(optsToObject(entries));
   } else {
     const json = parseJsonFilename(spec.filename);
     o = json ?? { filename: spec.filename };
@@ -156,7 +167,13 @@ export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise
 async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
   // bdrv_open_common(): copy-on-read writes into the image, so it is refused before anything is opened.
   if (spec.copyOnRead && spec.readOnly) throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
-  const o = imageOptions(spec);
+  const o = imageOptions(spec, (written, key, value) => {
+    ctx.warn(`short-form boolean option '${written}' deprecated`);
+    ctx.err(`Please use ${key}=${value} instead\n`);
+  });
+  // Options written out (json:, --image-opts) must name a driver or a file: a bare filename is only a file name's.
+  const structured = spec.imageOpts === true || parseJsonFilename(spec.filename) !== null;
+  if (structured && o.driver === undefined && o.file === undefined) throw new BlockError('EINVAL', 'Must specify either driver or file');
   // An explicit read-only in the image's own options wins over the command's mode, as in bdrv_open(); a command
   // that writes then fails the way blk_new_open() does, before anything is opened.
   const explicitReadOnly = o.readOnly === undefined ? undefined : readOnlyOption(o.readOnly);
@@ -187,7 +204,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
     const rest: Options = { ...o };
     delete rest.file;
     if (fileRef === undefined) {
-      if (typeof rest.filename !== 'string') throw new BlockError('EINVAL', 'A block device must be specified for "file"');
+      if (structured || typeof rest.filename !== 'string') throw new BlockError('EINVAL', 'A block device must be specified for "file"');
       fileRef = { driver: 'file', filename: rest.filename };
       delete rest.filename;
     }
