@@ -1156,11 +1156,13 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
   let filename = name;
   let imgOpts = imageOpts;
   let fmt = format;
+  let plainFilename = false;
   if (!imageOpts && Object.keys(opts).length) {
     // -o options: the options object, with the file name as file.filename (or filename for a protocol).
     const parts = Object.entries(opts).map(([k, v]) => `${k}=${v.replace(/,/g, ',,')}`);
     if (name !== undefined && !('file.filename' in opts) && !('filename' in opts) && !('file' in opts)) {
       parts.push(`filename=${name.replace(/,/g, ',,')}`);
+      plainFilename = true;
     }
     if (fmt !== undefined && !('driver' in opts)) parts.unshift(`driver=${fmt}`);
     filename = parts.join(',');
@@ -1178,6 +1180,8 @@ export async function openFile(s: IoState, name: string | undefined, flags: Open
       imageOpts: imgOpts,
       // qemu-io's option list names no implied key: a bare first element is a (deprecated) boolean flag.
       imageOptsImplied: null,
+      // blk_new_open(name, NULL, opts): the name given with -o is a file name, as without options.
+      plainFilename,
       readOnly: flags.readOnly,
       forceShare: flags.forceShare,
       cache: flags.cache,

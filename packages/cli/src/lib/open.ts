@@ -74,6 +74,8 @@ export interface OpenSpec {
   quiet?: boolean;
   /** The key a first bare element of an --image-opts string names: 'file' (qemu-img, the default) or none (null, qemu-io). */
   imageOptsImplied?: string | null;
+  /** The option string's `filename` is the image's file name given beside the options (qemu-io's `open -o X FILE`). */
+  plainFilename?: boolean;
   /**
    * Open for qemu-img check (BDRV_O_CHECK): a format that knows the mode may then open a corrupt image read-write
    * to repair it, and leaves a dirty one for the check to find.
@@ -172,7 +174,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
     ctx.err(`Please use ${key}=${value} instead\n`);
   });
   // Options written out (json:, --image-opts) must name a driver or a file: a bare filename is only a file name's.
-  const structured = spec.imageOpts === true || parseJsonFilename(spec.filename) !== null;
+  const structured = (spec.imageOpts === true && !spec.plainFilename) || parseJsonFilename(spec.filename) !== null;
   if (structured && o.driver === undefined && o.file === undefined) throw new BlockError('EINVAL', 'Must specify either driver or file');
   // An explicit read-only in the image's own options wins over the command's mode, as in bdrv_open(); a command
   // that writes then fails the way blk_new_open() does, before anything is opened.
