@@ -17,32 +17,16 @@ export type QemuNumberParse = { ok: true; value: bigint; warning?: string } | { 
 const INT64_MIN = -(2n ** 63n);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
+/** qemu_strtosz()'s unit suffixes, either case (ASCII only): the multiple of a byte each stands for. */
+const SUFFIX_MUL = new Map<string, bigint>(
+  [...'bkmgtpe'].flatMap((c, i): [string, bigint][] => [
+    [c, 1n << BigInt(10 * i)],
+    [c.toUpperCase(), 1n << BigInt(10 * i)],
+  ]),
+);
+
 function suffixMul(c: string | undefined): bigint {
-  switch (c) {
-    case 'b':
-    case 'B':
-      return 1n;
-    case 'k':
-    case 'K':
-      return 1n << 10n;
-    case 'm':
-    case 'M':
-      return 1n << 20n;
-    case 'g':
-    case 'G':
-      return 1n << 30n;
-    case 't':
-    case 'T':
-      return 1n << 40n;
-    case 'p':
-    case 'P':
-      return 1n << 50n;
-    case 'e':
-    case 'E':
-      return 1n << 60n;
-    default:
-      return 0n;
-  }
+  return (c !== undefined && SUFFIX_MUL.get(c)) || 0n;
 }
 
 /**

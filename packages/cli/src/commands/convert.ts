@@ -584,12 +584,9 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         const bytes = img.blk.getLength();
         sources.push({ blk: img.blk, top, bytes, sectors: Math.ceil(bytes / SECTOR), alignment });
       }
-      if (snapshot.opts) {
-        await loadSnapshotParam(sources[0]!.top, snapshot);
-      } else if (hasSnapshotParam(snapshot)) {
-        if (srcNum > 1) throw new CliError('No support for concatenating multiple snapshot');
-        await loadSnapshotParam(sources[0]!.top, snapshot);
-      }
+      // Only a bare name is refused with several sources; snapshot.id=/name= loads into the first, as in qemu-img.
+      if (!snapshot.opts && snapshot.idOrName !== undefined && srcNum > 1) throw new CliError('No support for concatenating multiple snapshot');
+      if (hasSnapshotParam(snapshot)) await loadSnapshotParam(sources[0]!.top, snapshot);
       const totalSectors = sources.reduce((n, s) => n + s.sectors, 0);
 
       let drv: BlockDriver | undefined;

@@ -107,22 +107,26 @@ export interface OpenedImage {
  * short-form booleans QEMU warns about (`shortForm` gets them).
  */
 export function imageOptions(
-  spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts' | 'imageOptsImplied'>,
+  spec: Pick<OpenSpec, 'filename' | 'format' | 'imageOpts' | 'imageOptsImplied' | 'plainFilename'>,
   shortForm: (written: string, key: string, value: string) => void = () => {},
-): Options {
+): { options: Options; structured: boolean } {
   let o: Options;
+  // Options written out (json:, --image-opts) must name a driver or a file: a bare filename is only a file name's.
+  let structured: boolean;
   if (spec.imageOpts) {
     if (spec.format !== undefined) throw new CliError('--image-opts and --format are mutually exclusive');
     const entries = parseQemuOpts(spec.filename, spec.imageOptsImplied === null ? undefined : (spec.imageOptsImplied ?? 'file'));
     for (const e of entries) if (e.shortForm !== undefined) shortForm(e.shortForm, e.key, e.value);
     o = normaliseOptions(optsToObject(entries));
+    structured = !spec.plainFilename;
   } else {
     const json = parseJsonFilename(spec.filename);
     o = json ?? { filename: spec.filename };
+    structured = json !== null;
   }
   // An empty -f names no driver, it does not ask for probing ("Unknown driver ''").
   if (spec.format !== undefined) o.driver = spec.format;
-  return o;
+  return { options: o, structured };
 }
 
 function isProtocol(graph: Graph, name: string): boolean {
@@ -169,12 +173,10 @@ export async function openImage(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise
 async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<OpenedImage> {
   // bdrv_open_common(): copy-on-read writes into the image, so it is refused before anything is opened.
   if (spec.copyOnRead && spec.readOnly) throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
-  const o = imageOptions(spec, (written, key, value) => {
+  const { options: o, structured } = imageOptions(spec, (written, key, value) => {
     ctx.warn(`short-form boolean option '${written}' deprecated`);
     ctx.err(`Please use ${key}=${value} instead\n`);
   });
-  // Options written out (json:, --image-opts) must name a driver or a file: a bare filename is only a file name's.
-  const structured = (spec.imageOpts === true && !spec.plainFilename) || parseJsonFilename(spec.filename) !== null;
   if (structured && o.driver === undefined && o.file === undefined) throw new BlockError('EINVAL', 'Must specify either driver or file');
   // An explicit read-only in the image's own options wins over the command's mode, as in bdrv_open(); a command
   // that writes then fails the way blk_new_open() does, before anything is opened.
@@ -232,10 +234,11 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       let fmt = driver;
       if (fmt === undefined) {
         // `file` names an existing node: probe it, then put the format on top.
-        fmt = (await graph.probeFormat(graph.getNode(fileRef as string))).name;
+        const fileNode = graph.getNode(fileRef as string);
+        fmt = (await graph.probeFormat(fileNode)).name;
         probed = true;
         if (fmt === 'raw') {
-          const foreign = foreignFormat(await readHead(graph, graph.getNode(fileRef as string)));
+          const foreign = foreignFormat(await readHead(graph, fileNode));
           if (foreign) throw new BlockError('ENOTSUP', foreignFormatMessage(foreign));
         }
       }
