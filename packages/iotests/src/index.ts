@@ -25,4 +25,5 @@ export {
   type BlkdebugOptions,
   type BlkdebugPermName,
 } from './blkdebug.js';
-export { testThrottleDriver, type ThrottleOptions } from './scenarios/throttle.js';
+export { testThrottleDriver, createTestThrottleDriver, type ThrottleOptions, type TestThrottleDriverOptions } from './scenarios/throttle.js';
+export { ManualClock, realTimeClock, type ScenarioClock } from './scenarios/clock.js';

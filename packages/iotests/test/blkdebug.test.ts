@@ -11,6 +11,8 @@ import {
   blkdebugOf,
   findBlkdebug,
   parseBlkdebugConfig,
+  createTestThrottleDriver,
+  ManualClock,
   runDriverConformance,
   testThrottleDriver,
   type BlkdebugInjectError,
@@ -228,6 +230,55 @@ describe('test-throttle', () => {
     expect(performance.now() - t1).toBeLessThan(1000);
     g.drainedEnd('t');
     await g.close();
+  });
+
+  it('on a manual clock, requests go only when the test steps the clock past their slot', async () => {
+    const clock = new ManualClock();
+    const g = new Graph({ drivers: [...drivers, createTestThrottleDriver({ name: 'test-throttle-manual', clock })] });
+    await g.addNode({ driver: 'test-throttle-manual', nodeName: 't', iopsWrite: 20, file: { driver: 'memory', size: 1 << 20 } });
+    const be = g.backend('t', { perm: 0x3, shared: 0xf });
+    const done: number[] = [];
+    const writes = [0, 1, 2, 3].map((i) => be.pwrite(i * 512, new Uint8Array(512).fill(i + 1)).then(() => done.push(i)));
+    // The first write of an idle node goes at once, the others hold 50 ms slots each; reads are not limited here.
+    await new Promise((r) => setTimeout(r, 20)); // real time passes, the manual clock does not
+    expect(done).toEqual([0]);
+    expect([...(await be.read(0, 1024))]).toEqual([...new Uint8Array(512).fill(1), ...new Uint8Array(512)]);
+    expect(clock.pendingTimers).toBe(3);
+    clock.step(49);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(done).toEqual([0]);
+    clock.step(1);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(done).toEqual([0, 1]);
+    clock.step(100);
+    await Promise.all(writes);
+    expect(done).toEqual([0, 1, 2, 3]);
+    expect(clock.now()).toBe(150);
+    expect(clock.pendingTimers).toBe(0);
+    expect(() => clock.step(-1)).toThrow(/non-negative/);
+    await g.close();
+  });
+
+  it('a manual clock fires due timers in due order, ties in the order they were set, with the clock at their time', () => {
+    const clock = new ManualClock();
+    const fired: [string, number][] = [];
+    const at = (name: string) => () => fired.push([name, clock.now()]);
+    clock.setTimer(at('c'), 30);
+    clock.setTimer(at('a'), 10);
+    const cleared = clock.setTimer(at('x'), 10);
+    clock.setTimer(() => {
+      at('b')();
+      clock.setTimer(at('d'), 5); // due at 25, inside this step
+    }, 20);
+    clock.setTimer(at('a2'), 10);
+    clock.clearTimer(cleared);
+    clock.step(25);
+    expect(fired).toEqual([['a', 10], ['a2', 10], ['b', 20], ['d', 25]]);
+    expect(clock.now()).toBe(25);
+    clock.setTimer(at('e'), 100);
+    clock.runAllTimers();
+    expect(fired.slice(4)).toEqual([['c', 30], ['e', 125]]);
+    expect(clock.pendingTimers).toBe(0);
   });
 });
 
