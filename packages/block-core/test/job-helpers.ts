@@ -48,11 +48,18 @@ export class TestJob extends Job {
   stepsDone = 0;
   pauses = 0;
   resumes = 0;
+  /** The delay (ms) of every sleep() the job asked for, in order. */
+  readonly sleeps: number[] = [];
   readonly cfg: TestJobConfig;
 
   constructor(graph: Graph, opts: Partial<JobOptions> = {}, cfg: TestJobConfig = {}) {
     super(graph, { id: 'job0', type: 'test', ...opts });
     this.cfg = cfg;
+  }
+
+  override sleep(ms: number): Promise<void> {
+    this.sleeps.push(ms);
+    return super.sleep(ms);
   }
 
   /** Let a job without a step limit finish (or go READY). */

@@ -563,19 +563,18 @@ describe('rate limiting', () => {
     const job = new TestJob(g, { speed }, { steps: 10, chunk: speed / 10, rateLimited: true });
     const t0 = performance.now();
     job.start();
-    await within(job.waitFinished(), 5000);
-    const ms = performance.now() - t0;
-    expect(ms).toBeGreaterThanOrEqual(800);
-    expect(ms).toBeLessThan(3000);
+    await within(job.waitFinished(), 10_000);
+    // Only a lower bound: a stalled machine makes it slower, never faster.
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(800);
   });
 
   it('unlimited (speed 0) does not throttle', async () => {
     const { g } = newGraph();
     const job = new TestJob(g, {}, { steps: 10, chunk: 64 * 1024, rateLimited: true });
-    const t0 = performance.now();
     job.start();
     await within(job.waitFinished(), 5000);
-    expect(performance.now() - t0).toBeLessThan(500);
+    // ratelimitSleep() still yields once per step, without a delay.
+    expect(job.sleeps).toEqual(new Array(10).fill(0));
   });
 
   it('set-speed wakes a job sleeping on the old limit; lowering the speed does not', async () => {
@@ -611,10 +610,10 @@ describe('rate limiting', () => {
     const job = new TestJob(g, { speed: 1 }, { chunk: 65536, rateLimited: true });
     job.start();
     await until(() => job.stepsDone === 1);
-    const t0 = performance.now();
     job.cancel(true);
-    await within(job.waitFinished(), 2000);
-    expect(performance.now() - t0).toBeLessThan(500);
+    // At 1 B/s the rate limit asked for a sleep of hours; the cancel ends it.
+    expect(job.sleeps.at(-1)).toBeGreaterThan(60_000);
+    await within(job.waitFinished(), 10_000);
     expect(seq(ev).slice(-4)).toEqual(['aborting', 'BLOCK_JOB_CANCELLED', 'concluded', 'null']);
   });
 });
@@ -831,7 +830,8 @@ describe('sleep and yield', () => {
     await delay(10);
     job.cancel(true);
     await within(job.waitFinished(), 2000);
-    expect(slept).toBeLessThan(100);
+    // Each sleep asked for 10 s: none of them may wait it out (generous for a stalled machine).
+    expect(slept).toBeLessThan(2000);
   });
 
   it('the first pause point comes before run()', async () => {

@@ -152,7 +152,8 @@ describe('null-co', () => {
     const fbe = g.backend(fast);
     t = performance.now();
     for (let i = 0; i < 100; i++) await fbe.read(0, 512);
-    expect(performance.now() - t).toBeLessThan(100);
+    // No latency by default: far below even 10 ms a read, with room for a stalled machine.
+    expect(performance.now() - t).toBeLessThan(1000);
   });
 
   it("checks its options as QEMU does", async () => {
