@@ -11,7 +11,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeSync, ftrunc
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { describe, it } from 'vitest';
-import { Graph, Perm, PERM_ALL, type BlockBackend, type BlockNode, type GraphEvent, type Job } from '@blockgraph/block-core';
+import { Graph, Perm, PERM_ALL, type BlockBackend, type BlockDriver, type BlockNode, type GraphEvent, type Job } from '@blockgraph/block-core';
 import { allRawDrivers } from '@blockgraph/driver-raw/file';
 import { copyOnReadDriver } from '@blockgraph/filter-cor';
 import { blkdebugDriver, testThrottleDriver } from '../../src/index.js';
@@ -53,8 +53,8 @@ export function describeWithTools(title: string, tools: string[], body: () => vo
   }
 }
 
-export function newGraph(): Graph {
-  return new Graph({ drivers: [...allRawDrivers, blkdebugDriver, testThrottleDriver, copyOnReadDriver] });
+export function newGraph(...extraDrivers: BlockDriver[]): Graph {
+  return new Graph({ drivers: [...allRawDrivers, blkdebugDriver, testThrottleDriver, copyOnReadDriver, ...extraDrivers] });
 }
 
 /**

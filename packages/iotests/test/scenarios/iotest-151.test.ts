@@ -15,12 +15,14 @@
  *   resume A / resume B); the job must complete and the images must be identical.
  * - TestThrottledWithNbdExport.testUnderLoad: background copying is not starved by active writes. QEMU throttles
  *   the source to 16 IOPS, writes to it through an NBD export from qemu-io processes and steps a virtual clock.
- *   Here: the source is a test-throttle node (200 IOPS, real clock, requests served in arrival order), the first
- *   half of the image is data to copy, the second half receives 4 KiB writes, topped up so that the node stays
- *   saturated; `remaining` (len - offset) must decrease while active writes are still queued, i.e. the job issued
- *   a background read while active writes were in flight (an implementation that waits for active writes before
- *   copying, as QEMU before the fix, times out here). No NBD (no NBD export in blockgraph yet): the writers are
- *   requests on a device of the source node, which is what an NBD export's requests become.
+ *   Here: the source is a test-throttle node on a `ManualClock` (200 IOPS, requests served in arrival order),
+ *   stepped one I/O at a time as QEMU's script does; the first half of the image is data to copy, the second half
+ *   receives 4 KiB writes: 5 s of them, 4 s of clock, then 10 s more and 5 s of clock. `remaining` (len - offset)
+ *   must decrease while active writes are still queued, i.e. the job issued a background read while active
+ *   writes were in flight (an implementation that waits for active writes before copying, as QEMU before the
+ *   fix, makes no progress here). A first version on real time could only be sure of that on an idle machine.
+ *   No NBD (no NBD export in blockgraph yet): the writers are requests on a device of the source node, which is
+ *   what an NBD export's requests become.
  *
  * Not ported: nothing. Sizes are smaller (16 MiB instead of 128 MiB) to keep the run short; the shape of the
  * I/O (1 MiB requests over eighths of the image) is QEMU's. Formats: raw only (qcow2 comes with driver-qcow2).
@@ -28,7 +30,7 @@
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import type { BlockBackend, Graph } from '@blockgraph/block-core';
 import { startMirror, type MirrorJob } from '@blockgraph/job-mirror';
-import { findBlkdebug } from '../../src/index.js';
+import { createTestThrottleDriver, findBlkdebug, ManualClock } from '../../src/index.js';
 import {
   compareImages,
   createRaw,
@@ -233,11 +235,14 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
   it('testUnderLoad: remaining decreases while active writes saturate the source', async () => {
     const imageLen = 8 * MiB;
     const iops = 200;
+    const slotMs = 1000 / iops;
     createRaw(s.path('source.raw'), imageLen);
     createRaw(s.path('target.raw'), imageLen);
-    g = newGraph();
+    // QEMU's throttle runs on qtest's virtual clock, which the test steps; so does this one.
+    const clock = new ManualClock();
+    g = newGraph(createTestThrottleDriver({ name: 'test-throttle-virtual', clock }));
     await g.addNode({
-      driver: 'test-throttle',
+      driver: 'test-throttle-virtual',
       nodeName: 'source-node',
       iopsTotal: iops,
       file: { driver: 'raw', file: { driver: 'file', filename: s.path('source.raw') } },
@@ -245,10 +250,25 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
     await g.addNode({ driver: 'raw', nodeName: 'target-node', file: { driver: 'file', filename: s.path('target.raw') } });
     // The NBD export's role: a writer on the source node.
     const exp = device(g, 'source-node', 'exp0');
+    /** qtest clock_step, one I/O slot at a time; the event loop runs in between (as between qtest commands). */
+    const stepSlots = async (n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        clock.step(slotMs);
+        await sleep(1);
+      }
+    };
+    const stepUntil = async (cond: () => boolean, what: string): Promise<void> => {
+      for (let i = 0; !cond(); i++) {
+        if (i === 10_000) throw new Error(`timed out waiting for ${what}`);
+        await stepSlots(1);
+      }
+    };
 
     // Fill the first half of the source image; the second half is where active requests occur, so active
     // mirroring itself does not make progress towards READY.
-    await exp.pwrite(0, pattern(imageLen / 2, 1));
+    let filled = false;
+    void exp.pwrite(0, pattern(imageLen / 2, 1)).then(() => void (filled = true));
+    await stepUntil(() => filled, 'the first half to be written');
 
     const job = await startMirror(g, {
       jobId: 'mirror',
@@ -273,39 +293,40 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
       }
     };
 
-    // Let the job get going (its start drains the source, which lets throttled requests through).
-    await until(() => job.progress.current > 0, 'the first background copy');
+    await stepUntil(() => job.progress.current > 0, 'the first background copy');
 
-    // Enough requests to saturate the node for 0.5 s (QEMU: 5 s). A background read issued from now on queues
-    // behind them; one issued before is done within the next 100 ms.
-    burst(iops / 2);
-    await sleep(100);
+    // Enough requests to saturate the node for 5 s of the clock. Step it by 4 s, one I/O at a time: the job
+    // issues background reads meanwhile, which queue behind the active requests issued earlier.
+    burst(5 * iops);
+    await stepSlots(4 * iops);
     // Note how much remains to be done until the mirror job is finished.
     const startRemaining = remaining(job);
 
-    // Keep the node saturated with more active requests (QEMU issues another batch and steps its clock) and
-    // watch `remaining`: background requests must make progress while active requests are still queued.
-    let endRemaining = startRemaining;
-    let pendingAtProgress = -1;
-    const t0 = Date.now();
-    while (Date.now() - t0 < 5000) {
-      if (pending < iops / 4) burst(iops / 4);
-      await sleep(10);
-      endRemaining = remaining(job);
-      if (endRemaining < startRemaining) {
-        pendingAtProgress = pending;
-        break;
-      }
-    }
+    // Many more active requests (10 s of them); after 5 more seconds the background reads queued before them
+    // must have been served, while active requests are still queued.
+    burst(10 * iops);
+    await stepSlots(5 * iops);
+    const endRemaining = remaining(job);
 
     // See that indeed progress was being made on the job, even while the node was saturated with active
     // requests.
     expect(job.status).toBe('running');
     expect(startRemaining - endRemaining).toBeGreaterThan(0);
-    expect(pendingAtProgress).toBeGreaterThan(0);
+    expect(pending).toBeGreaterThan(0);
 
-    await Promise.all(requests);
+    // As QEMU's tearDown: cancel, and keep the clock going (1 s a step) until the job is gone; its last
+    // background read is queued behind the active requests.
     job.cancel(true);
-    await job.waitFinished();
+    let finished = false;
+    void job.waitFinished().then(() => void (finished = true));
+    while (!finished) {
+      clock.step(1000);
+      await sleep(1);
+    }
+    while (pending > 0) {
+      clock.runAllTimers();
+      await sleep(1);
+    }
+    await Promise.all(requests);
   });
 });

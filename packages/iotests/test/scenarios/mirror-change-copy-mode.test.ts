@@ -21,11 +21,10 @@
  * compared.
  */
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import { Graph } from '@blockgraph/block-core';
-import { allRawDrivers } from '@blockgraph/driver-raw/file';
+import type { Graph } from '@blockgraph/block-core';
 import { startMirror } from '@blockgraph/job-mirror';
-import { createTestThrottleDriver, ManualClock, testThrottleDriver } from '../../src/index.js';
-import { compareImages, createRaw, describeWithTools, device, EventLog, MiB, pattern, readNode, scratch, until, type Scratch } from './helpers.js';
+import { createTestThrottleDriver, ManualClock } from '../../src/index.js';
+import { compareImages, createRaw, describeWithTools, device, EventLog, MiB, newGraph, pattern, readNode, scratch, until, type Scratch } from './helpers.js';
 
 describeWithTools('mirror-change-copy-mode', ['qemu-img'], () => {
   const iopsTarget = 200;
@@ -41,7 +40,7 @@ describeWithTools('mirror-change-copy-mode', ['qemu-img'], () => {
     createRaw(s.path('source.img'), imageSize);
     createRaw(s.path('target.img'), imageSize);
     clock = new ManualClock();
-    g = new Graph({ drivers: [...allRawDrivers, testThrottleDriver, createTestThrottleDriver({ name: 'test-throttle-virtual', clock })] });
+    g = newGraph(createTestThrottleDriver({ name: 'test-throttle-virtual', clock }));
     events = new EventLog(g);
   });
 
