@@ -115,26 +115,38 @@ export async function readGuest(s: Qcow2State, offset: number, bytes: number, qi
     let done = 0;
     let first: Promise<void> | null = null;
     let pending: Promise<void>[] | null = null;
-    while (done < bytes) {
-      const off = offset + done;
-      if (!mapSync(s, off, bytes - done, m)) await map(s, off, bytes - done, m);
-      const n = m.bytes;
-      const p = readPiece(s, m, off, n, n === qiov.size && done === 0 ? qiov : qiov.slice(done, n));
-      done += n;
-      if (!p) continue;
-      if (first === null && done === bytes) {
-        first = p;
-      } else {
-        (pending ??= []).push(p);
-        if (pending.length >= MAX_PARALLEL) {
-          const batch = pending;
-          pending = [];
-          await settle(batch);
+    try {
+      while (done < bytes) {
+        const off = offset + done;
+        if (!mapSync(s, off, bytes - done, m)) await map(s, off, bytes - done, m);
+        const n = m.bytes;
+        const p = readPiece(s, m, off, n, n === qiov.size && done === 0 ? qiov : qiov.slice(done, n));
+        done += n;
+        if (!p) continue;
+        if (first === null && done === bytes) {
+          first = p;
+        } else {
+          (pending ??= []).push(p);
+          if (pending.length >= MAX_PARALLEL) {
+            const batch = pending;
+            pending = [];
+            await settle(batch);
+          }
         }
       }
+    } catch (e) {
+      // A later piece failed to map (a corrupt entry): the request ends only when the pieces already issued have,
+      // so nothing of it still runs once the caller sees the error (and maybe closes the image).
+      if (pending) await settle(pending).catch(() => undefined);
+      throw e;
     }
-    if (first) await first;
-    if (pending) await settle(pending);
+    if (!pending) {
+      if (first) await first;
+    } else {
+      // One failed piece fails the request, after all of them have ended.
+      if (first) pending.push(first);
+      await settle(pending);
+    }
   } finally {
     s.tickets.leave(ticket);
   }

@@ -102,6 +102,46 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     expect((err as Error).message).toMatch(/compressed cluster data at 0x10050000 lies beyond the end of the image file/);
   });
 
+  test('a compressed cluster, then an unaligned L2 entry in the same read: EIO once every piece of the read has ended', async () => {
+    w.write('src.raw', makeSourceData().subarray(0, 8192));
+    w.qemuImg('convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=4096', 'src.raw', 'c.qcow2');
+    // L1 at 0x3000 -> L2 at 0x4000; entry 0 is the compressed cluster, entry 1 becomes a normal cluster at 0x200.
+    patch('c.qcow2', (v) => {
+      expect(v.getUint32(0x4000) >>> 30).toBe(1); // compressed
+      v.setUint32(0x4008, 0x80000000);
+      v.setUint32(0x400c, 0x200);
+    });
+    const graph = newGraph();
+    const { node, be } = await openQcow2(graph, w.path('c.qcow2'), { readOnly: true });
+    // Reads of the image file still running when the request fails, or starting after: there must be none. Each
+    // takes 50 ms, so a piece left behind is still reading when the error arrives.
+    const file = node.primaryChild()!.node.impl;
+    const preadv = file.preadv!.bind(file);
+    let failed = false;
+    let running = 0;
+    let late = 0;
+    file.preadv = async (...args) => {
+      if (failed) late++;
+      running++;
+      try {
+        await new Promise((r) => setTimeout(r, 50));
+        return await preadv(...args);
+      } finally {
+        running--;
+      }
+    };
+    const err = await be.read(0, 8192).catch((e: unknown) => e);
+    failed = true;
+    expect((err as { code: string }).code).toBe('EIO');
+    expect((err as Error).message).toMatch(/Cluster allocation offset 0x200 unaligned \(L2 offset: 0x4000, L2 index: 0x1\)/);
+    // Before the fix the compressed piece went on after the request had failed: a caller that closed the image
+    // then got an unhandled 'Node is not open' rejection.
+    expect(running).toBe(0);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(late).toBe(0);
+    await graph.close();
+  });
+
   test('refcount table pointing into the L1 table: readable read-only; a read-write open marks it corrupt', async () => {
     const name = std();
     patch(name, (v) => {
