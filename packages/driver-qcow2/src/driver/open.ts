@@ -88,7 +88,8 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
     try {
       if (o.backing !== undefined) {
         s.backing = await ctx.openChild('backing', o.backing, ChildRole.COW);
-      } else if (header.backingFile !== null) {
+      } else if (header.backingFile) {
+        // An empty name (size 0, or starting with a NUL) is no backing file, as in bdrv_open_backing_file().
         s.backing = await ctx.openImageByName(
           'backing',
           header.backingFile,

@@ -85,6 +85,31 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     expect((err as Error).message).toMatch(/L2 table offset 0x10000000 lies beyond the end of the image file/);
   });
 
+  for (const [what, size, name] of [
+    ['size 0', 0, ''],
+    ['a name starting with a NUL', 4, '\0abc'],
+] as const) {
+    test(`a backing file name of ${what} is no backing file, as in QEMU`, async () => {
+      const img = std();
+      patch(img, (v, bytes) => {
+        v.setBigUint64(8, 0x200n); // backing_file_offset, inside the header cluster after the extensions
+        v.setUint32(16, size);
+        bytes.set(new TextEncoder().encode(name), 0x200);
+      });
+      // QEMU opens it without a backing file: the data reads back, the rest is zeroes.
+      expect(w.qemuIo(img, 'read -q -P 0xab 0 1M', 'read -q -P 0 1M 3M')).toBe('');
+      const err = await readOnlyAttempt(img);
+      expect(err).toBeNull();
+      const graph = newGraph();
+      const { node, be } = await openQcow2(graph, w.path(img), { readOnly: true });
+      expect(node.children.map((c) => c.name)).toEqual(['file']);
+      expect(node.impl.getInfo?.().backingFilename).toBeUndefined();
+      expect([...(await be.read(1 * M, 4096))].every((b) => b === 0)).toBe(true);
+      expect([...(await be.read(0, 4096))].every((b) => b === 0xab)).toBe(true);
+      await graph.close();
+    });
+  }
+
   test('truncated file (L2 table cut off): EIO, no write', async () => {
     const name = std();
     patch(name, (_v, bytes) => bytes.subarray(0, 0x38000));
