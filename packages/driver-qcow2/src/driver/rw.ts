@@ -524,9 +524,15 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
   const end = Math.ceil(s.fileLength / s.clusterSize);
   let count = 0;
-  for (let i = 0; i < end && count < threshold; i++) {
-    const rc = getRefcountCached(s, i) ?? (await getRefcount(s, i));
-    if (rc !== 0) count++;
+  try {
+    for (let i = 0; i < end && count < threshold; i++) {
+      const rc = getRefcountCached(s, i) ?? (await getRefcount(s, i));
+      if (rc !== 0) count++;
+    }
+  } catch {
+    // qcow2_co_block_status() takes a failed detection as "not preallocated": a damaged refcount structure must
+    // not fail block status (map, convert), which never needs it otherwise.
+    return false;
   }
   return count >= threshold;
 }
