@@ -11,7 +11,6 @@ import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js
 import { createProgress } from '../lib/progress.js';
 import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../lib/qemu-opts.js';
 import { formatDriver } from './create.js';
-import { reportingCorruption } from './snapshot.js';
 
 type Amendable = BlockDriver & { amendOptions?: OptionSchema };
 
@@ -61,7 +60,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (quiet) progress = false;
   const prog = createProgress(ctx, progress, 1.0);
   try {
-    return await withGraph(async (graph) => {
+    return await withGraph(ctx, async (graph) => {
       if (fmt !== undefined && hasHelpOption(opts!)) {
         const d = formatDriver(graph, fmt);
         if (!supportsAmend(d)) throw new CliError(`Format driver '${fmt}' does not support option amendment`);
@@ -95,7 +94,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       const amendOpts: Record<string, unknown> = entriesToOptions(entries);
       if (force) amendOpts.force = true;
       try {
-        await reportingCorruption(ctx, graph, () => node.impl.amend!(amendOpts));
+        await node.impl.amend!(amendOpts);
       } catch (e) {
         // A driver's hint (QEMU's error_append_hint, e.g. "use rebase instead") follows the message.
         const hint = (e as { hint?: string }).hint;

@@ -194,7 +194,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (!isWrite && flushInterval) throw new CliError('--flush-interval is only available in write tests');
   if (flushInterval && flushInterval < depth) throw new CliError("Flush interval can't be smaller than depth");
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: !isWrite, forceShare, cache, quiet });
     const imageSize = img.blk.getLength();
     const data: BenchData = {

@@ -45,7 +45,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const cacheMode = parseCacheMode(cache);
   if (!cacheMode) throw new CliError(`Invalid source cache option: ${cache}`);
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, {
       filename,
       format: fmt,

@@ -42,7 +42,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (!cacheMode) throw new CliError(`Invalid cache option: ${cache}`);
   const { startCommit } = await import('@blockgraph/job-mirror');
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: false, cache: cacheMode, discardUnmap: true, quiet });
     const top = img.image;
     const bar = createProgress(ctx, progress, 1);

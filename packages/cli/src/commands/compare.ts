@@ -83,7 +83,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   };
   const prog = createProgress(ctx, progress, 2.0);
   try {
-    return await withGraph(async (graph) => {
+    return await withGraph(ctx, async (graph) => {
       const cacheMode = parseCacheMode(cache);
       if (!cacheMode) {
         ctx.error(`Invalid source cache option: ${cache}`);

@@ -559,7 +559,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const outFilename = srcNum >= 1 ? operands[operands.length - 1]! : undefined;
   if (opts !== undefined && hasHelpOption(opts)) {
     if (!outFmt) throw new CliError('Option help requires a format be specified');
-    return withGraph(async (graph) => {
+    return withGraph(ctx, async (graph) => {
       const drv = formatDriver(graph, outFmt!);
       ctx.out(blockOptionHelp(drv, outFilename !== undefined ? graph.registry.get('file') : undefined));
       return 0;
@@ -573,7 +573,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   prog.print(0, 100);
   let ok = false;
   try {
-    await withGraph(async (graph) => {
+    await withGraph(ctx, async (graph) => {
       const sources: ConvertSource[] = [];
       for (let i = 0; i < srcNum; i++) {
         const img = await openImage(ctx, graph, { filename: operands[i]!, format: fmt, imageOpts, readOnly: true, forceShare, cache: srcCacheMode, quiet });

@@ -26,7 +26,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   }
   const filename = operands[0];
   if (opts !== undefined && hasHelpOption(opts)) {
-    return withGraph(async (graph) => {
+    return withGraph(ctx, async (graph) => {
       const drv = formatDriver(graph, fmt);
       ctx.out(blockOptionHelp(drv, filename !== undefined ? graph.registry.get('file') : undefined));
       return 0;
@@ -37,7 +37,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (operands.length > 1) size = cvtnum(ctx, 'image size', operands[1]!);
   if (operands.length > 2) throw usageError(`Unexpected argument: ${operands[2]}`);
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     try {
       await imgCreate(ctx, graph, { filename, fmt, baseFilename, baseFmt, options: opts, size, noBacking, quiet });
     } catch (e) {

@@ -57,7 +57,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (dd.input === undefined || dd.output === undefined) throw new CliError('Must specify both input and output files');
   const { input, output, bs } = dd;
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const src = await openImage(ctx, graph, { filename: input, format: fmt, imageOpts, readOnly: true, forceShare, quiet: true });
     if (!graph.registry.has(outFmt)) throw new CliError('Unknown file format');
     const drv = formatDriver(graph, outFmt);

@@ -31,7 +31,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   }
   if (operands.length !== 1) throw usageError('Expecting one image file name');
   const format = parseOutputFormat(output);
-  const list = await withGraph((graph) => collectInfoList(ctx, graph, operands[0]!, fmt, imageOpts, chain, forceShare));
+  const list = await withGraph(ctx, (graph) => collectInfoList(ctx, graph, operands[0]!, fmt, imageOpts, chain, forceShare));
   if (format === 'human') {
     ctx.out(list.map((i) => dumpImageInfoHuman(i)).join('\n'));
   } else {

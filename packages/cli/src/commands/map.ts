@@ -101,7 +101,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const filename = operands[0]!;
   const format = parseOutputFormat(output);
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: true, forceShare });
     const top = img.top;
     let buf = '';

@@ -50,7 +50,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (filename !== undefined && imgSize !== -1) throw new CliError('--size N cannot be used together with a filename.');
   if (filename === undefined && imgSize === -1) throw new CliError('Either --size N or one filename must be specified.');
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     let source: BlockNode | undefined;
     if (filename !== undefined) {
       const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: true, forceShare, quiet: true });

@@ -69,7 +69,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
     throw new CliError(oneLine(errMessage(e)));
   }
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const src = await openImage(ctx, graph, { filename: srcName, format: srcFmt, imageOpts, readOnly: false, quiet: true, discardUnmap: true });
     const source = src.image;
     // The backend stands in for the guest; the job itself needs none, but it is what the pivot moves.

@@ -66,7 +66,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   const prog = createProgress(ctx, progress, 2.0);
   prog.print(0, 100);
   try {
-    return await withGraph(async (graph) => {
+    return await withGraph(ctx, async (graph) => {
       const cacheMode = parseCacheMode(cache);
       if (!cacheMode) throw new CliError(`Invalid cache option: ${cache}`);
       const srcCacheMode = parseCacheMode(srcCache);

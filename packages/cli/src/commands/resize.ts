@@ -58,7 +58,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   }
   const n = parseSizeParam('size', size);
 
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts, readOnly: false, quiet, perm: Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE });
     const current = img.blk.getLength();
     const total = relative ? current + n * relative : n;

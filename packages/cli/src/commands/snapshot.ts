@@ -1,5 +1,5 @@
 /** blockgraph snapshot — qemu-img snapshot -l | -c NAME | -a NAME | -d NAME (internal snapshots). */
-import { ERRNO, isBlockError, type BlockNode, type Graph, type GraphEvent, type SnapshotInfo } from '@blockgraph/block-core';
+import { ERRNO, isBlockError, type BlockNode, type SnapshotInfo } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
 import { snapshotRow, snapshotToQapi } from '../lib/image-info.js';
@@ -7,28 +7,6 @@ import { errMessage, openImage, warnProbedRaw, withGraph } from '../lib/open.js'
 import { strerror } from '../lib/strerror.js';
 
 type Action = 'list' | 'apply' | 'create' | 'delete';
-
-/**
- * qcow2_signal_corruption() prints its line itself (no program prefix) before the operation's own error:
- * turn the graph's BLOCK_IMAGE_CORRUPTED events into those lines while `fn` runs.
- */
-export async function reportingCorruption<T>(ctx: Ctx, graph: Graph, fn: () => Promise<T>): Promise<T> {
-  const off = graph.on((e: GraphEvent) => {
-    if (e.event !== 'BLOCK_IMAGE_CORRUPTED') return;
-    const node = graph.nodes.get(String(e.data['node-name']));
-    const fmt = node?.driver.name ?? 'qcow2';
-    ctx.err(
-      e.data.fatal
-        ? `${fmt}: Marking image as corrupt: ${String(e.data.msg)}; further corruption events will be suppressed\n`
-        : `${fmt}: Image is corrupt: ${String(e.data.msg)}; further non-fatal corruption events will be suppressed\n`,
-    );
-  });
-  try {
-    return await fn();
-  } finally {
-    off();
-  }
-}
 
 /** bdrv_snapshot_fallback(): the node that implements snapshots, looking through pass-through layers. */
 function snapshotNode(node: BlockNode, method: 'snapshotList' | 'snapshotCreate' | 'snapshotGoto' | 'snapshotDelete'): BlockNode | undefined {
@@ -79,9 +57,9 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   }
   if (operands.length !== 1) throw usageError('Expecting one image file name');
   const filename = operands[0]!;
-  return withGraph(async (graph) => {
+  return withGraph(ctx, async (graph) => {
     const img = await openImage(ctx, graph, { filename, imageOpts, readOnly: action === 'list', forceShare, quiet });
-    return reportingCorruption(ctx, graph, () => act(ctx, img, action, name, filename, quiet));
+    return act(ctx, img, action, name, filename, quiet);
   });
 }
 

@@ -20,6 +20,7 @@ import {
 import { CliError, oneLine, type Ctx } from './context.js';
 import { parseQemuOpts, optsToObject } from './qemu-opts.js';
 import { OPTIONAL_DRIVERS, foreignFormat, foreignFormatMessage, missingDrivers, notInstalledMessage } from './drivers.js';
+import { printCorruptionEvents } from './corruption.js';
 import { appendTempSnapshot } from './temp-snapshot.js';
 
 export interface CacheMode {
@@ -287,13 +288,15 @@ export function warnProbedRaw(ctx: Ctx, filename: string): void {
 }
 
 /** Run `fn` with a graph whose every node is closed afterwards, whatever happens. */
-export async function withGraph<T>(fn: (graph: Graph) => Promise<T>): Promise<T> {
+export async function withGraph<T>(ctx: Ctx, fn: (graph: Graph) => Promise<T>): Promise<T> {
   const { createGraph } = await import('./drivers.js');
   const graph = await createGraph();
+  const stopPrinting = printCorruptionEvents(ctx, graph);
   try {
     return await fn(graph);
   } finally {
     await graph.close().catch(() => undefined);
+    stopPrinting();
   }
 }
 

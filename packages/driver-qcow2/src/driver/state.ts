@@ -251,8 +251,12 @@ export class Qcow2State {
   }
 
   /** The request path refuses to run on an image marked corrupt at runtime. */
+  /**
+   * After a fatal corruption event (or a failed emptying) QEMU sets bs->drv = NULL: the request that met it failed
+   * with EIO, every later one fails with ENOMEDIUM.
+   */
   checkUsable(): void {
-    if (this.broken) throw this.broken;
+    if (this.broken) throw new BlockError('ENOMEDIUM', `No medium found (the image is unusable: ${this.broken.message})`, { cause: this.broken });
   }
 
   makeCaches(io: CacheIO): void {

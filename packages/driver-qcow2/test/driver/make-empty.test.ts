@@ -83,7 +83,7 @@ describe.skipIf(!hasQemu)('qcow2 makeEmpty (driver API)', () => {
     failing.failAt = 40;
     await expectCode(be.makeEmpty(), 'EIO');
     failing.armed = false;
-    await expectCode(be.pwrite(0, new Uint8Array(512)), 'EIO', /needs a repair/);
+    await expectCode(be.pwrite(0, new Uint8Array(512)), 'ENOMEDIUM', /needs a repair/);
     await g.close();
     const incompatible = readFileSync(w.path('top.qcow2')).readBigUInt64BE(72);
     expect(incompatible & 1n).toBe(1n);

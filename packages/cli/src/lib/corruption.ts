@@ -1,0 +1,20 @@
+/**
+ * qcow2_signal_corruption() prints its line itself (error_report, no program prefix) in every QEMU tool, before
+ * the failing operation's own error: the CLI turns the graph's BLOCK_IMAGE_CORRUPTED events into those lines.
+ */
+import type { Graph, GraphEvent } from '@blockgraph/block-core';
+import type { Ctx } from './context.js';
+
+/** Print each corruption event of `graph` as QEMU does; returns the unsubscribe function. */
+export function printCorruptionEvents(ctx: Ctx, graph: Graph): () => void {
+  return graph.on((e: GraphEvent) => {
+    if (e.event !== 'BLOCK_IMAGE_CORRUPTED') return;
+    const node = graph.nodes.get(String(e.data['node-name']));
+    const fmt = node?.driver.name ?? 'qcow2';
+    ctx.err(
+      e.data.fatal
+        ? `${fmt}: Marking image as corrupt: ${String(e.data.msg)}; further corruption events will be suppressed\n`
+        : `${fmt}: Image is corrupt: ${String(e.data.msg)}; further non-fatal corruption events will be suppressed\n`,
+    );
+  });
+}

@@ -1,0 +1,46 @@
+/**
+ * qcow2_signal_corruption() prints "qcow2: Image is corrupt: …" (read-only) or "qcow2: Marking image as corrupt:
+ * …" (read-write) itself, in every tool, before the operation's own error. Each case runs the same command on a
+ * damaged image with QEMU 7.2 and blockgraph and compares status, stdout, stderr and the image bytes afterwards.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { cachedSetup, filterQemuIo, must, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
+
+const need = qcow2Requirement();
+
+/** 4 KiB clusters, 8 KiB of data; L1 at 0x3000, L2 at 0x4000; L2 entry 1 made an unaligned normal cluster. */
+const images = cachedSetup((d) => {
+  const img = join(d, 'bad.qcow2');
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', img, '1M');
+  must('qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x11 0 8k', img);
+  const bytes = readFileSync(img);
+  bytes.writeUInt32BE(0x80000000, 0x4008);
+  bytes.writeUInt32BE(0x200, 0x400c);
+  writeFileSync(img, bytes);
+});
+
+const CASES: [string, 'qemu-io' | 'qemu-img', (dir: string) => string[]][] = [
+  ['io -r: read over the bad entry', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 8k', join(d, 'bad.qcow2')]],
+  ['io: a read-write read marks the image corrupt', 'qemu-io', (d) => ['-f', 'qcow2', '-c', 'read 4k 4k', '-c', 'read 0 4k', join(d, 'bad.qcow2')]],
+  ['convert -O raw', 'qemu-img', (d) => ['convert', '-f', 'qcow2', '-O', 'raw', join(d, 'bad.qcow2'), join(d, 'out.raw')]],
+];
+
+describe('corruption events print QEMU\'s line in every command', () => {
+  for (const [name, tool, args] of CASES) {
+    it(name, async (ctx) => {
+      need(ctx);
+      const t = await twin(images, args, tool);
+      try {
+        const out = (s: string) => (tool === 'qemu-io' ? filterQemuIo(s) : s);
+        expect({ status: t.b.status, stdout: out(t.b.stdout) }).toEqual({ status: t.q.status, stdout: out(t.q.stdout) });
+        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr, tool));
+        expect(t.b.stderr).toMatch(/^qcow2: (Image is corrupt|Marking image as corrupt): Cluster allocation offset 0x200 unaligned/);
+        expect(readFileSync(join(t.bdir, 'bad.qcow2')).equals(readFileSync(join(t.qdir, 'bad.qcow2')))).toBe(true);
+      } finally {
+        t.cleanup();
+      }
+    });
+  }
+});
