@@ -8,12 +8,10 @@ import {
   type Options,
 } from '@blockgraph/block-core';
 import type { CodecTable } from '../codec.js';
-import {
-  INCOMPAT_DATA_FILE,
-  parseBitmapDirectory,
-} from '../format/index.js';
+import { INCOMPAT_DATA_FILE } from '../format/index.js';
+import { loadBitmapDirectory } from './bitmaps-load.js';
 import { bitmapFlags, Qcow2Instance } from './instance.js';
-import { cacheIO, checkStructures, loadSnapshots, loadTables, readAt, readHeader } from './metadata.js';
+import { cacheIO, checkStructures, loadSnapshots, loadTables, readHeader } from './metadata.js';
 import { parseRuntimeOptions } from './options.js';
 import { runWriteSetup } from './setup.js';
 import { OVERLAP_ALL, Qcow2State } from './state.js';
@@ -71,17 +69,11 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   const inst = new Qcow2Instance(s, o);
   const bm = header.extensions.bitmaps;
   if (bm) {
-    try {
-      const dir = await readAt(s, bm.directoryOffset, bm.directorySize);
-      inst.bitmaps = parseBitmapDirectory(dir, bm.nbBitmaps, { clusterSize: s.clusterSize, virtualSize: s.size }).map((e) => ({
-        name: e.name,
-        granularity: 2 ** e.granularityBits,
-        flags: bitmapFlags(e.flags),
-      }));
-    } catch {
-      // QEMU warns and carries on without the bitmaps
-      inst.bitmaps = null;
-    }
+    inst.bitmaps = (await loadBitmapDirectory(s, bm)).map((e) => ({
+      name: e.name,
+      granularity: 2 ** e.granularityBits,
+      flags: bitmapFlags(e.flags),
+    }));
   }
 
   if (o.backing !== null) {

@@ -121,6 +121,57 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     await graph.close();
   });
 
+  /** The bitmap directory entry of a one-bitmap image made by `qemu-img bitmap --add`. */
+  function bitmapDirectoryAt(bytes: Uint8Array): number {
+    const v = dataView(bytes);
+    for (let o = v.getUint32(100); ; ) {
+      const type = v.getUint32(o);
+      const len = v.getUint32(o + 4);
+      if (type === 0x23852875) return Number(v.getBigUint64(o + 8 + 16));
+      expect(type).not.toBe(0);
+      o += 8 + ((len + 7) & ~7);
+    }
+  }
+
+  const badBitmaps: [string, (v: DataView, dir: number) => void][] = [
+    ['a table size that does not fit the disk', (v, dir) => v.setUint32(dir + 8, 9)],
+    ['a granularity under the minimum', (v, dir) => v.setUint8(dir + 17, 8)],
+    ['a reserved bit in a table entry', (v, dir) => {
+      const table = Number(v.getBigUint64(dir));
+      v.setUint32(table + 4, v.getUint32(table + 4) | 0x2);
+    }],
+    ['an unknown flag', (v, dir) => v.setUint32(dir + 12, v.getUint32(dir + 12) | 0x8)],
+  ];
+  for (const [what, damage] of badBitmaps) {
+    test(`a persistent bitmap with ${what}: the open fails with QEMU's message, nothing is written`, async () => {
+      const img = std();
+      w.qemuImg('bitmap', '--add', img, 'b0');
+      patch(img, (v, bytes) => damage(v, bitmapDirectoryAt(bytes)));
+      const q = w.infoError(img);
+      expect(q.status).toBe(1);
+      const err = await readOnlyAttempt(img);
+      expect((err as Error).message).toBe(qemuOpenMessage(q.stderr));
+      // A read-write open fails the same way, before anything is written.
+      const before = w.read(img);
+      const graph = newGraph();
+      await expect(openQcow2(graph, w.path(img))).rejects.toThrow(qemuOpenMessage(q.stderr));
+      await graph.close();
+      expect(Buffer.compare(Buffer.from(w.read(img)), Buffer.from(before))).toBe(0);
+    });
+  }
+
+  test('a persistent bitmap marked in use is not loaded, so its table is not checked (as QEMU)', async () => {
+    const img = std();
+    w.qemuImg('bitmap', '--add', img, 'b0');
+    patch(img, (v, bytes) => {
+      const dir = bitmapDirectoryAt(bytes);
+      v.setUint32(dir + 12, v.getUint32(dir + 12) | 1); // in use
+      v.setUint32(dir + 8, 2); // and a table size that does not fit the disk
+    });
+    expect(w.infoError(img).status).toBe(0);
+    expect(await readOnlyAttempt(img)).toBeNull();
+  });
+
   test('truncated file (L2 table cut off): EIO, no write', async () => {
     const name = std();
     patch(name, (_v, bytes) => bytes.subarray(0, 0x38000));
