@@ -4,11 +4,16 @@
  * both tools on their own copies of chains made by qemu-img: exit code, output and messages must be equal, and
  * every image file must come out byte-identical to QEMU's (the base's new clusters, its growth, the emptied
  * overlay's rebuilt metadata).
+ *
+ * qemu-img's own result is not always the same: its mirror coroutines can finish in another order on a loaded
+ * machine and allocate the base's clusters in that order (snap.qcow2 gave two different bases in 5 runs on an
+ * idle machine). When a file differs from the first QEMU run, QEMU runs again on fresh copies, up to 8 times:
+ * ours must be one of the files QEMU makes.
  */
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cachedSetup, must, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
+import { cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -130,7 +135,19 @@ describe('blockgraph commit against qemu-img commit', () => {
         expect({ status: t.b.status, stdout: progressShape(t.b.stdout) }).toEqual({ status: t.q.status, stdout: progressShape(t.q.stdout) });
         expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
         for (const f of files(t.qdir)) {
-          expect(readFileSync(join(t.bdir, f)).equals(readFileSync(join(t.qdir, f))), f).toBe(true);
+          const ours = readFileSync(join(t.bdir, f));
+          let same = ours.equals(readFileSync(join(t.qdir, f)));
+          for (let i = 0; !same && i < 8; i++) {
+            const again = tempDir('q-again');
+            try {
+              setup(again.dir);
+              run('qemu-img', ['commit', ...abs(again.dir)]);
+              same = ours.equals(readFileSync(join(again.dir, f)));
+            } finally {
+              again.cleanup();
+            }
+          }
+          expect(same, `${f}: byte-identical to one of QEMU's results`).toBe(true);
         }
       } finally {
         t.cleanup();
