@@ -125,7 +125,10 @@ export interface CheckResult {
   allocatedClusters?: number;
   fragmentedClusters?: number;
   compressedClusters?: number;
-  /** Per-problem lines, as qemu-img prints them on stderr. */
+  /**
+   * Per-problem lines, as qemu-img prints them on stderr; those its error_report() prefixes with the program name
+   * start with 'qemu-img: ' (a tool prints its own name there).
+   */
   messages: string[];
   /** After a repair the driver re-checks; this is the first pass's counts (what was found and repaired). */
   firstPass?: { corruptions: number; leaks: number };

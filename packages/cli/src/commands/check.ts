@@ -1,7 +1,7 @@
 /** blockgraph check — qemu-img check: exit 0 clean, 1 check failed, 2 corruptions, 3 leaks only, 63 unsupported. */
 import { STRERROR, isBlockError, type BlockErrorCode, type BlockNode, type CheckFix, type CheckResult } from '@blockgraph/block-core';
 import { FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, OUTPUT, parseArgs, parseOutputFormat } from '../lib/args.js';
-import { CliError, usageError, type Ctx } from '../lib/context.js';
+import { CliError, PROGRAM, usageError, type Ctx } from '../lib/context.js';
 import { openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { fixed } from '../lib/printf.js';
 import { toQemuJsonPretty, type QValue } from '../lib/qjson.js';
@@ -76,7 +76,11 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       return 1;
     }
     indicator.clear();
-    for (const m of r.messages) ctx.err(m.endsWith('\n') ? m : `${m}\n`);
+    // Lines qemu-img's error_report() prefixes with its name carry 'qemu-img: ' in the contract: ours is blockgraph.
+    for (const m of r.messages) {
+      const line = m.startsWith('qemu-img: ') ? `${PROGRAM}: ${m.slice('qemu-img: '.length)}` : m;
+      ctx.err(line.endsWith('\n') ? line : `${line}\n`);
+    }
     for (const n of r.notes ?? []) ctx.err(n.endsWith('\n') ? n : `${n}\n`);
     const failed = (r as CheckResult & { checkFailed?: BlockErrorCode }).checkFailed;
     const check = imageCheck(node, filename, r);

@@ -130,7 +130,10 @@ export async function checkStructures(s: Qcow2State): Promise<void> {
       const [an, ao, al] = ranges[i]!;
       const [bn, bo, bl] = ranges[j]!;
       if (al > 0 && bl > 0 && ao < bo + bl && bo < ao + al) {
-        throw await signalCorruption(s, true, -1, -1, `The ${bn} overlaps with the ${an}`);
+        const message = `The ${bn} overlaps with the ${an}`;
+        // The corruption event says it once (the CLI prints it as QEMU's line); the open error says what to do.
+        const cause = await signalCorruption(s, true, -1, -1, message);
+        throw new BlockError('EIO', `${message}: the image is marked corrupt; 'check -r all' repairs it`, { cause });
       }
     }
   }

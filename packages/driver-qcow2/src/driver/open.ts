@@ -95,7 +95,8 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   }
 
   if (!ctx.readOnly) {
-    await checkStructures(s);
+    // A repair (BDRV_O_CHECK) must get to the check: it is what fixes an overlapping table.
+    if (!checkMode) await checkStructures(s);
     s.pendingWriteSetup = true;
     await runWriteSetup(s);
     inst.bitmaps = null;
