@@ -145,7 +145,7 @@ export class Qcow2Instance implements BlockDriverInstance {
     const info: DriverInfo = { clusterSize: s.clusterSize, subclusterSize: s.g.subclusterSize, isDirty: s.isDirty };
     info.vmStateOffset = s.l1VmStateIndex * s.g.bytesPerL2Table;
     if (s.header.backingFile) info.backingFilename = s.header.backingFile;
-    if (s.header.extensions.backingFormat !== null) info.backingFormat = s.header.extensions.backingFormat;
+    if (s.header.extensions.backingFormat) info.backingFormat = s.header.extensions.backingFormat;
     return info;
   }
 

@@ -85,7 +85,8 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
         s.backing = await ctx.openImageByName(
           'backing',
           header.backingFile,
-          header.extensions.backingFormat ?? undefined,
+          // An empty format name (a zero-length extension) probes, as bdrv_open_backing_file() does.
+          header.extensions.backingFormat || undefined,
           ChildRole.COW,
         );
       }

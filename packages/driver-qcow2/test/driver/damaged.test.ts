@@ -110,6 +110,24 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     });
   }
 
+  test('an empty backing format (a zero-length extension) probes the backing file, as in QEMU', async () => {
+    w.create('base.qcow2', '8M');
+    w.qemuIo('base.qcow2', 'write -q -P 0x11 0 64k');
+    w.create('ovl.qcow2', '8M', [], ['-b', 'base.qcow2', '-F', 'qcow2']);
+    // The end-of-extensions marker becomes a second, empty backing-format extension (the last one counts).
+    patch('ovl.qcow2', (v) => {
+      let o = v.getUint32(100);
+      while (v.getUint32(o) !== 0) o += 8 + ((v.getUint32(o + 4) + 7) & ~7);
+      v.setUint32(o, 0xe2792aca);
+    });
+    expect(w.qemuIo('ovl.qcow2', 'read -q -P 0x11 0 64k')).toBe('');
+    const graph = newGraph();
+    const { node, be } = await openQcow2(graph, w.path('ovl.qcow2'), { readOnly: true });
+    expect(node.impl.getInfo?.().backingFormat).toBeUndefined();
+    expect([...(await be.read(0, 65536))].every((b) => b === 0x11)).toBe(true);
+    await graph.close();
+  });
+
   test('a refcount block past the end of the file: block status (map) still works, as in QEMU', async () => {
     const img = std();
     // The refcount table (cluster 1 of the std image) gets an entry 0 that points 16 TiB out.
