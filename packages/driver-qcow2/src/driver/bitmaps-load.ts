@@ -18,18 +18,18 @@ import {
 import { readAt } from './metadata.js';
 import type { Qcow2State } from './state.js';
 
-function prefixed(e: unknown, prefix: string): unknown {
-  return isBlockError(e) ? e.prepend(prefix) : e;
+/** readAt(), a failure prefixed with what was being read (error_setg_errno()'s message). */
+async function readFor(s: Qcow2State, offset: number, length: number, what: string): Promise<Uint8Array> {
+  try {
+    return await readAt(s, offset, length);
+  } catch (e) {
+    throw isBlockError(e) ? e.prepend(what) : e;
+  }
 }
 
 async function checkBitmapTable(s: Qcow2State, e: BitmapDirectoryEntry): Promise<void> {
   const tableError = `Could not read bitmap_table table from image for bitmap '${e.name}': `;
-  let table: Uint8Array;
-  try {
-    table = await readAt(s, e.bitmapTableOffset, e.bitmapTableSize * 8);
-  } catch (err) {
-    throw prefixed(err, tableError);
-  }
+  const table = await readFor(s, e.bitmapTableOffset, e.bitmapTableSize * 8, tableError);
   const v = new DataView(table.buffer, table.byteOffset, table.byteLength);
   for (let i = 0; i < e.bitmapTableSize; i++) {
     if (!bitmapTableEntryIsValid(v.getUint32(i * 8), v.getUint32(i * 8 + 4), s.clusterSize)) {
@@ -44,12 +44,7 @@ async function checkBitmapTable(s: Qcow2State, e: BitmapDirectoryEntry): Promise
 
 /** The bitmaps of the image, checked as QEMU checks them before it opens the image. */
 export async function loadBitmapDirectory(s: Qcow2State, ext: BitmapsExtension): Promise<BitmapDirectoryEntry[]> {
-  let dir: Uint8Array;
-  try {
-    dir = await readAt(s, ext.directoryOffset, ext.directorySize);
-  } catch (err) {
-    throw prefixed(err, 'Failed to read bitmap directory: ');
-  }
+  const dir = await readFor(s, ext.directoryOffset, ext.directorySize, 'Failed to read bitmap directory: ');
   const entries = parseBitmapDirectory(dir, ext.nbBitmaps, { clusterSize: s.clusterSize, virtualSize: s.size });
   for (const e of entries) if (!(e.flags & BME_FLAG_IN_USE)) await checkBitmapTable(s, e);
   return entries;

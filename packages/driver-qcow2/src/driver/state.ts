@@ -250,7 +250,6 @@ export class Qcow2State {
     return codec;
   }
 
-  /** The request path refuses to run on an image marked corrupt at runtime. */
   /**
    * After a fatal corruption event (or a failed emptying) QEMU sets bs->drv = NULL: the request that met it failed
    * with EIO, every later one fails with ENOMEDIUM.

@@ -8,6 +8,7 @@ import { isBlockError } from '@blockgraph/block-core';
 import { makeSourceData } from '../format/source-data.js';
 import { Workdir, blockgraphMap, dataView, hasQemu, newGraph, openQcow2, qemuCheck, qemuImgMap, readAll, run } from './helpers.js';
 import { qemuOpenMessage } from '../format/qemu.js';
+import { headerExtensionSize, parseHeader } from '../../src/format/index.js';
 
 const M = 1024 * 1024;
 
@@ -116,8 +117,8 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     w.create('ovl.qcow2', '8M', [], ['-b', 'base.qcow2', '-F', 'qcow2']);
     // The end-of-extensions marker becomes a second, empty backing-format extension (the last one counts).
     patch('ovl.qcow2', (v) => {
-      let o = v.getUint32(100);
-      while (v.getUint32(o) !== 0) o += 8 + ((v.getUint32(o + 4) + 7) & ~7);
+      let o = v.getUint32(100); // header_length: the extensions follow the header
+      while (v.getUint32(o) !== 0) o += headerExtensionSize(v.getUint32(o + 4));
       v.setUint32(o, 0xe2792aca);
     });
     expect(w.qemuIo('ovl.qcow2', 'read -q -P 0x11 0 64k')).toBe('');
@@ -141,14 +142,7 @@ describe.skipIf(!hasQemu)('damaged images', () => {
 
   /** The bitmap directory entry of a one-bitmap image made by `qemu-img bitmap --add`. */
   function bitmapDirectoryAt(bytes: Uint8Array): number {
-    const v = dataView(bytes);
-    for (let o = v.getUint32(100); ; ) {
-      const type = v.getUint32(o);
-      const len = v.getUint32(o + 4);
-      if (type === 0x23852875) return Number(v.getBigUint64(o + 8 + 16));
-      expect(type).not.toBe(0);
-      o += 8 + ((len + 7) & ~7);
-    }
+    return parseHeader(bytes).extensions.bitmaps!.directoryOffset;
   }
 
   const badBitmaps: [string, (v: DataView, dir: number) => void][] = [

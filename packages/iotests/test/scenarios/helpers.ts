@@ -14,7 +14,7 @@ import { describe, it } from 'vitest';
 import { Graph, Perm, PERM_ALL, type BlockBackend, type BlockDriver, type BlockNode, type GraphEvent, type Job } from '@blockgraph/block-core';
 import { allRawDrivers } from '@blockgraph/driver-raw/file';
 import { copyOnReadDriver } from '@blockgraph/filter-cor';
-import { blkdebugDriver, testThrottleDriver } from '../../src/index.js';
+import { blkdebugDriver, testThrottleDriver, type ManualClock } from '../../src/index.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
@@ -91,6 +91,19 @@ export function pattern(bytes: number, value: number): Uint8Array {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * qtest's clock_step in a loop: step `clock` by `stepMs` (without it, to its last pending timer) until `cond()`
+ * holds, letting the event loop run between steps as it runs between qtest commands.
+ */
+export async function stepClockUntil(clock: ManualClock, cond: () => boolean, what: string, stepMs?: number): Promise<void> {
+  for (let i = 0; !cond(); i++) {
+    if (i === 10_000) throw new Error(`timed out waiting for ${what}`);
+    if (stepMs === undefined) clock.runAllTimers();
+    else clock.step(stepMs);
+    await sleep(1);
+  }
+}
 
 /** Poll `cond` every few ms until it holds (QEMU tests' busy loops over query-jobs). */
 export async function until(cond: () => boolean, what: string, timeoutMs = 20_000, stepMs = 2): Promise<void> {

@@ -44,6 +44,7 @@ import {
   remaining,
   scratch,
   sleep,
+  stepClockUntil,
   until,
   type Scratch,
 } from './helpers.js';
@@ -257,18 +258,12 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
         await sleep(1);
       }
     };
-    const stepUntil = async (cond: () => boolean, what: string): Promise<void> => {
-      for (let i = 0; !cond(); i++) {
-        if (i === 10_000) throw new Error(`timed out waiting for ${what}`);
-        await stepSlots(1);
-      }
-    };
 
     // Fill the first half of the source image; the second half is where active requests occur, so active
     // mirroring itself does not make progress towards READY.
     let filled = false;
     void exp.pwrite(0, pattern(imageLen / 2, 1)).then(() => void (filled = true));
-    await stepUntil(() => filled, 'the first half to be written');
+    await stepClockUntil(clock, () => filled, 'the first half to be written', slotMs);
 
     const job = await startMirror(g, {
       jobId: 'mirror',
@@ -293,7 +288,7 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
       }
     };
 
-    await stepUntil(() => job.progress.current > 0, 'the first background copy');
+    await stepClockUntil(clock, () => job.progress.current > 0, 'the first background copy', slotMs);
 
     // Enough requests to saturate the node for 5 s of the clock. Step it by 4 s, one I/O at a time: the job
     // issues background reads meanwhile, which queue behind the active requests issued earlier.
@@ -319,14 +314,8 @@ describeWithTools('iotest 151: background progress under load (TestThrottledWith
     job.cancel(true);
     let finished = false;
     void job.waitFinished().then(() => void (finished = true));
-    while (!finished) {
-      clock.step(1000);
-      await sleep(1);
-    }
-    while (pending > 0) {
-      clock.runAllTimers();
-      await sleep(1);
-    }
+    await stepClockUntil(clock, () => finished, 'the job to go away', 1000);
+    await stepClockUntil(clock, () => pending === 0, 'the active writes');
     await Promise.all(requests);
   });
 });

@@ -24,7 +24,7 @@ import { afterEach, beforeEach, expect, it } from 'vitest';
 import type { Graph } from '@blockgraph/block-core';
 import { startMirror } from '@blockgraph/job-mirror';
 import { createTestThrottleDriver, ManualClock } from '../../src/index.js';
-import { compareImages, createRaw, describeWithTools, device, EventLog, MiB, newGraph, pattern, readNode, scratch, until, type Scratch } from './helpers.js';
+import { compareImages, createRaw, describeWithTools, device, EventLog, MiB, newGraph, pattern, readNode, scratch, stepClockUntil, until, type Scratch } from './helpers.js';
 
 describeWithTools('mirror-change-copy-mode', ['qemu-img'], () => {
   const iopsTarget = 200;
@@ -130,10 +130,7 @@ describeWithTools('mirror-change-copy-mode', ['qemu-img'], () => {
     let syncDone = false;
     const syncWrite = sourceWrite(off, pattern(reqSize, 37)).then(() => void (syncDone = true));
     // Requests reach the throttle only after the mirror node has prepared their copy: the clock runs free.
-    while (!syncDone) {
-      clock.runAllTimers();
-      await new Promise((r) => setTimeout(r, 1));
-    }
+    await stepClockUntil(clock, () => syncDone, 'the synchronous write');
     await syncWrite;
     expect([...(await readNode(g, 'target', off, reqSize))].every((b) => b === 37)).toBe(true);
 
