@@ -99,7 +99,7 @@ function runOnce(argv, w, paths) {
   const t0 = process.hrtime.bigint();
   const r = spawnSync(argv[0], argv.slice(1), { cwd: ROOT, encoding: 'utf8', maxBuffer: 64 << 20 });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
+  if (r.status !== (w.status ?? 0)) throw new Error(`${argv.join(' ')} failed (${r.status}): ${r.stderr}`);
   if (metric === 'maxrss') {
     const m = /maxrss-kib (\d+)\s*$/.exec(r.stderr);
     if (!m) throw new Error(`${argv.join(' ')}: no peak RSS from ${TIME}:\n${r.stderr}`);

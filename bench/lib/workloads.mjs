@@ -18,6 +18,7 @@
  *   target    optional: the speed the issue asks for, as QEMU's time / ours (0.9 = "at least 0.9x QEMU's
  *             throughput"; "at most 1.2x QEMU's time" = 1/1.2)
  *   targetNote optional: how the issue words the target, when it is not a speed
+ *   status    optional: the exit status both tools must end with (default 0; `check` of a corrupt image: 2)
  */
 const BENCH_4K = ['-f', 'raw', '-t', 'writeback', '-c', '65536', '-d', '32', '-s', '4k'];
 /**
@@ -206,6 +207,16 @@ export const WORKLOADS = [
       ['qemu-io', '-f', 'qcow2', '-c', 'write -q -P 0x3c 0 256M', '$DIR/commit-top.qcow2'],
     ],
     settle: true,
+  },
+  {
+    id: 'check-garbage-l1',
+    title:
+      'qemu-img check of a damaged image: l1_size inflated to 65535 so that the L1 table runs over data clusters (46,000 garbage L2 pointers, nearly all past EOF; whole process)',
+    fixtures: ['QGARBAGEL1'],
+    qemu: ['qemu-img', 'check', '-f', 'qcow2', '$QGARBAGEL1'],
+    ours: ['check', '-f', 'qcow2', '$QGARBAGEL1'],
+    metric: 'wall',
+    status: 2,
   },
   {
     /*

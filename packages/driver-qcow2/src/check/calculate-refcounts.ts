@@ -9,7 +9,7 @@ import {
 import { CheckAbort, FIX_ERRORS } from './check-abort.js';
 import type { CheckCounters } from './check-counters.js';
 import { refreshFileLength, type CheckState } from './check-state.js';
-import { readFull } from './image-io.js';
+import { readFull, readFullOrBeyondEof } from './image-io.js';
 import { Overlap, preWriteOverlapCheck } from './metadata-overlap.js';
 import type { RefcountArray } from './refcount-array.js';
 import { exceedsBy, hex, hex64, hexAlt, offsetIntoCluster, u64, type Offset } from './u64-text.js';
@@ -73,8 +73,18 @@ export function incRefcounts(p: RefcountPass, offset: Offset, size: number): voi
 
 /** Read an L1/L2 table; an I/O error ends the check like QEMU's "I/O error in check_refcounts_l1/l2". */
 async function readTable(p: RefcountPass, offset: Offset, length: number, which: 'l1' | 'l2'): Promise<Uint8Array> {
+  return (await readTableOrBeyondEof(p, offset, length, which)) ?? new Uint8Array(length);
+}
+
+/** {@link readTable}; null when the table lies wholly beyond EOF (it reads as zeroes: nothing to walk). */
+async function readTableOrBeyondEof(
+  p: RefcountPass,
+  offset: Offset,
+  length: number,
+  which: 'l1' | 'l2',
+): Promise<Uint8Array | null> {
   try {
-    return await readFull(p.st.io, offset, length);
+    return await readFullOrBeyondEof(p.st.io, offset, length);
   } catch (e) {
     p.st.messages.push(`ERROR: I/O error in check_refcounts_${which}`);
     p.res.checkErrors++;
@@ -133,7 +143,8 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: Offset, flags: number
   const g = st.g;
   const cs = st.clusterSize;
   const es = g.l2EntrySize;
-  const table = await readTable(p, l2Offset, g.l2Entries * es, 'l2');
+  const table = await readTableOrBeyondEof(p, l2Offset, g.l2Entries * es, 'l2');
+  if (!table) return;
   const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
   const extended = g.extendedL2;
   const coffsetHiMask = 2 ** (g.csizeShift - 32) - 1;

@@ -3,7 +3,7 @@ import { ClusterType, l2ClusterType } from '../format/index.js';
 import { CheckAbort, FIX_ERRORS, FIX_LEAKS } from './check-abort.js';
 import type { CheckCounters } from './check-counters.js';
 import type { CheckState } from './check-state.js';
-import { readFull } from './image-io.js';
+import { readFullOrBeyondEof } from './image-io.js';
 import { Overlap, preWriteOverlapCheck } from './metadata-overlap.js';
 import { hex64, u64 } from './u64-text.js';
 
@@ -58,15 +58,16 @@ export async function checkOflagCopied(st: CheckState, res: CheckCounters, fix: 
       }
     }
 
-    let table: Uint8Array;
+    let table: Uint8Array | null;
     try {
-      table = await readFull(st.io, l2Safe ? l2Offset : u64(offHi, offLo), cs);
+      table = await readFullOrBeyondEof(st.io, l2Safe ? l2Offset : u64(offHi, offLo), cs);
     } catch (e) {
       const code = isBlockError(e) ? e.code : 'EIO';
       st.messages.push(`ERROR: Could not read L2 table: ${STRERROR[code]}`);
       res.checkErrors++;
       throw new CheckAbort(code);
     }
+    if (!table) continue; // zeroes: no data cluster to check
     const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
     let dirty = 0;
     for (let j = 0; j < st.g.l2Entries; j++) {
