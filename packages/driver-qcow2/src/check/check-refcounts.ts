@@ -69,9 +69,9 @@ export async function checkRefcounts(st: CheckState, res: CheckCounters, fix: nu
     }
   }
 
-  // Refcount repairs reach the disk before anything that relies on them (the COPIED flags).
-  if (await st.refcounts.writeBack()) await st.io.flush();
-
+  // The refcount repairs stay in the cache, as in QEMU's refcount block cache: the COPIED check reads them
+  // there, and they reach the disk when the image is closed (or marked clean), not when a fatal corruption event
+  // has made the node unusable first.
   await checkOflagCopied(st, res, fix);
   res.imageEndOffset = (highest + 1) * cs;
 }

@@ -44,13 +44,13 @@ async function allocRefcountBlock(st: CheckState, cluster: number): Promise<void
   const data = new Uint8Array(cs);
   if (Math.floor(newBlock / perBlock) === index) {
     // The block describes itself.
-    rt.installBlock(newBlock * cs, data);
+    await rt.installBlock(newBlock * cs, data);
     rt.setIn(data, newBlock, 1);
   } else {
     // Described by another block (which may itself have to be created first).
     await updateRefcount(st, newBlock * cs, cs, 1, false);
     await rt.writeBack();
-    rt.installBlock(newBlock * cs, data);
+    await rt.installBlock(newBlock * cs, data);
   }
   await st.io.writeAt(newBlock * cs, data);
   await st.io.flush();

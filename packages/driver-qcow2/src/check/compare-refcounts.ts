@@ -45,6 +45,9 @@ export async function compareRefcounts(p: RefcountPass, fix: number): Promise<nu
       if (fixed) {
         try {
           await st.refcounts.set(i, counted);
+          // update_refcount() discards a freed cluster at once (the check does not batch discards), while the
+          // new refcount itself waits in the cache.
+          await st.refcounts.processDiscards();
           res[fixed]++;
           continue;
         } catch {

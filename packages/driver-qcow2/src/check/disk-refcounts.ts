@@ -1,20 +1,34 @@
 import { getRefcount, refcountMax, setRefcount, type Qcow2Geometry } from '../format/index.js';
 import { CheckAbort } from './check-abort.js';
 import { readFull, type ImageIO } from './image-io.js';
-import { hexAlt, u64, type Offset } from './u64-text.js';
+import { hexAlt, offsetIntoCluster, u64, type Offset } from './u64-text.js';
 
 /**
  * The refcounts as the image stores them: the refcount table (read once, like QEMU does at open) and the
- * refcount blocks behind it, read on demand and kept in a small write-back map. This is qcow2_get_refcount()
- * and the part of update_refcount() the check uses (changing one existing entry), without the driver's
- * caches.
+ * refcount blocks behind it, read on demand into a write-back cache shaped like QEMU's refcount block cache for
+ * an image opened without cache options: 4 blocks, least recently used evicted first, a dirty block written when
+ * it is evicted. This is qcow2_get_refcount() and the part of update_refcount() the check uses (changing one
+ * existing entry), without the driver's caches.
  *
- * Writes are only ever made through `set()` and reach the file in `writeBack()`; the caller orders them
- * (refcount changes are flushed before anything that relies on them, e.g. COPIED flags).
+ * The cache's shape is observable: a repair's new refcounts reach the file when their block is evicted, when
+ * the check flushes (`writeBack()`: marking the image clean, closing it) or never, when a fatal corruption event
+ * made QEMU's node unusable first. Matching it keeps a repaired image byte-identical to qemu-img's.
  */
+/** MIN_REFCOUNT_CACHE_SIZE: QEMU's default refcount block cache, in blocks. */
+const REFCOUNT_CACHE_BLOCKS = 4;
+
+interface CachedBlock {
+  offset: number;
+  data: Uint8Array;
+  dirty: boolean;
+  /** When the block was last used (qcow2_cache_put's lru_counter). */
+  lru: number;
+}
+
 export class DiskRefcounts {
   private table: DataView;
-  private readonly blocks = new Map<number, { data: Uint8Array; dirty: boolean }>();
+  private slots: (CachedBlock | null)[] = new Array<CachedBlock | null>(REFCOUNT_CACHE_BLOCKS).fill(null);
+  private lruCounter = 0;
   /** Clusters whose refcount a repair dropped to 0, to be discarded (QCOW2_DISCARD_ALWAYS/SNAPSHOT). */
   private discards: number[] = [];
 
@@ -52,12 +66,39 @@ export class DiskRefcounts {
   replaceTable(tableOffset: number, tableBytes: Uint8Array): void {
     this.tableOffset = tableOffset;
     this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
-    this.blocks.clear();
+    this.emptyCache();
   }
 
   /** Forget cached refcount blocks (they must have been written back). */
   emptyCache(): void {
-    this.blocks.clear();
+    this.slots.fill(null);
+  }
+
+  /**
+   * qcow2_cache_do_get(): the cached block at `offset`, or a slot for it, freed by evicting the least recently
+   * used block (written back first if dirty) and filled by `load`.
+   */
+  private async cached(offset: number, load: () => Promise<Uint8Array>): Promise<CachedBlock> {
+    let victim = 0;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < this.slots.length; i++) {
+      const e = this.slots[i];
+      if (e && e.offset === offset) {
+        e.lru = ++this.lruCounter;
+        return e;
+      }
+      const lru = e ? e.lru : 0;
+      if (lru < oldest) {
+        oldest = lru;
+        victim = i;
+      }
+    }
+    const old = this.slots[victim];
+    if (old?.dirty) await this.io.writeAt(old.offset, old.data);
+    this.slots[victim] = null;
+    const e: CachedBlock = { offset, data: await load(), dirty: false, lru: ++this.lruCounter };
+    this.slots[victim] = e;
+    return e;
   }
 
   /**
@@ -69,20 +110,16 @@ export class DiskRefcounts {
     if (index >= this.tableEntries) return null;
     const offset = this.blockOffset(index);
     if (offset === 0) return null;
+    // Alignment first, as qcow2_get_refcount() does, whatever the offset's size.
+    if (offsetIntoCluster(offset, this.g.clusterSize) !== 0) {
+      await this.onCorruption(`Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)})`);
+      throw new CheckAbort('EIO');
+    }
     if (typeof offset !== 'number') {
       // Beyond 2^53: past the end of any file, reads as zeros (or fails like QEMU's block layer).
       return { data: await readFull(this.io, offset, this.g.clusterSize), dirty: false };
     }
-    if (offset % this.g.clusterSize !== 0) {
-      await this.onCorruption(`Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(index)})`);
-      throw new CheckAbort('EIO');
-    }
-    let entry = this.blocks.get(offset);
-    if (!entry) {
-      entry = { data: await readFull(this.io, offset, this.g.clusterSize), dirty: false };
-      this.blocks.set(offset, entry);
-    }
-    return entry;
+    return this.cached(offset, () => readFull(this.io, offset, this.g.clusterSize));
   }
 
   /** On-disk refcount of `cluster` (0 when no refcount block covers it). */
@@ -147,9 +184,9 @@ export class DiskRefcounts {
   async writeBack(): Promise<boolean> {
     await this.processDiscards();
     let wrote = false;
-    for (const [offset, entry] of this.blocks) {
-      if (!entry.dirty) continue;
-      await this.io.writeAt(offset, entry.data);
+    for (const entry of this.slots) {
+      if (!entry?.dirty) continue;
+      await this.io.writeAt(entry.offset, entry.data);
       entry.dirty = false;
       wrote = true;
     }
@@ -162,8 +199,9 @@ export class DiskRefcounts {
   }
 
   /** Put a freshly created refcount block (all zeros, or self-describing) into the cache. */
-  installBlock(offset: number, data: Uint8Array): void {
-    this.blocks.set(offset, { data, dirty: false });
+  async installBlock(offset: number, data: Uint8Array): Promise<void> {
+    const entry = await this.cached(offset, async () => data);
+    entry.data = data;
   }
 
   /** Set the entry of `cluster` in a block's data directly (a new block describing itself). */

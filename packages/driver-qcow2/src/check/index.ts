@@ -10,13 +10,14 @@
  * snapshot table rewrite), metadata-overlap (QEMU's pre-write overlap check), disk-refcounts, refcount-array,
  * check-report (output formats).
  *
+ * Refcount blocks go through a model of QEMU's refcount block cache (disk-refcounts): 4 blocks, LRU, written
+ * when evicted or flushed, never once a fatal corruption event made the node unusable. Which repairs reach the
+ * file is observable, and this keeps repaired images byte-identical to qemu-img's.
+ *
  * Deliberate differences from QEMU 7.2 (everything else is tested byte for byte against qemu-img):
  * - A repair that leaves corruptions keeps the dirty bit. qemu-img clears it anyway when it closes the image
  *   (qcow2_inactivate -> qcow2_mark_clean), e.g. after "-r leaks" failed with "need to rebuild"; the next
  *   read-write open would then trust wrong refcounts.
- * - Refcount repairs are written to disk before the COPIED pass that relies on them. QEMU keeps them in its
- *   refcount cache; the results differ only when that pass aborts (a fatal overlap event), or when damaged
- *   metadata makes one table be read as another (QEMU then reads stale bytes).
  * - Open-time warnings (inconsistent bitmaps) are not in `messages`: they belong to whoever opens the image.
  * - qemu-img rewrites persistent bitmaps when it closes a writable image; the check leaves them alone.
  * - Offsets beyond 2^53 are handled as QEMU does where that is observable (reads as zeros, QEMU's EIO limit,
