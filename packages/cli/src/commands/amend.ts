@@ -96,6 +96,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
       try {
         await node.impl.amend!(amendOpts);
       } catch (e) {
+        ctx.errorReported(e);
         // A driver's hint (QEMU's error_append_hint, e.g. "use rebase instead") follows the message.
         const hint = (e as { hint?: string }).hint;
         throw new CliError(oneLine(hint ? `${errMessage(e)} ${hint}` : errMessage(e)));

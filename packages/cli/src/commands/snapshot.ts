@@ -107,8 +107,7 @@ async function act(
         }
         await n.impl.snapshotGoto!(name);
       } catch (e) {
-        // What the driver reported on its own (error_report) comes first, as in QEMU.
-        for (const line of (e as { reported?: string[] }).reported ?? []) ctx.error(oneLine(line));
+        ctx.errorReported(e);
         ctx.error(`Could not apply snapshot '${name}': ${oneLine(errMessage(e))}`);
         return 1;
       }

@@ -57,6 +57,14 @@ export class Ctx {
     this.stderr.write(`${PROGRAM}: ${oneLine(message)}\n`);
   }
 
+  /**
+   * The lines a driver reported on its own before failing (QEMU's error_report() ahead of the caller's message:
+   * `reported` on the error), one error line each; they come first, as in QEMU.
+   */
+  errorReported(e: unknown): void {
+    for (const line of (e as { reported?: string[] } | null)?.reported ?? []) this.error(line);
+  }
+
   warn(message: string): void {
     this.stderr.write(`${PROGRAM}: warning: ${oneLine(message)}\n`);
   }

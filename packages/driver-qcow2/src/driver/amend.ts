@@ -20,7 +20,7 @@ import { optBool, optNumber, optSize } from './opt-values.js';
 import { readAt } from './metadata.js';
 import { preWriteOverlapCheck, signalCorruption } from './overlap.js';
 import { allocClusters, freeClusters, getRefcount, updateRefcount } from './refcount.js';
-import { writeSnapshots } from './snapshot.js';
+import { validateSnapshotL1, withReports, writeSnapshots } from './snapshot.js';
 import { DiscardType, Overlap, type Qcow2State } from './state.js';
 
 /**
@@ -275,7 +275,9 @@ async function downgrade(s: Qcow2State, hooks: AmendHooks): Promise<void> {
   try {
     await expandZeroClusters(s, hooks);
   } catch (e) {
-    throw errno(e, 'Failed to turn zero into data clusters');
+    const failed = errno(e, 'Failed to turn zero into data clusters');
+    const reported = (e as { reported?: string[] }).reported;
+    throw reported && isBlockError(failed) ? withReports(failed, reported) : failed;
   }
 
   if (h.compressionType !== 0) {
@@ -334,8 +336,8 @@ async function expandZeroClusters(s: Qcow2State, hooks: AmendHooks): Promise<voi
   await s.l2Cache.flush();
   s.l2Cache.dropAll();
   for (const sn of s.snapshots) {
-    if (sn.l1Size > 32 * 1024 * 1024 / 8) throw new BlockError('EFBIG', 'Snapshot L1 table too large');
-    if (sn.l1TableOffset % s.clusterSize) throw einval('Snapshot L1 table offset invalid');
+    const bad = validateSnapshotL1(s, sn);
+    if (bad) throw withReports(bad, [bad.message]); // error_report_err() before the caller's message
     const bytes = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
     await expandInL1(s, new DataView(bytes.buffer), sn.l1Size, false, tick);
   }

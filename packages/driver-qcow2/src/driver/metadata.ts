@@ -80,7 +80,8 @@ export async function loadSnapshots(s: Qcow2State, loadInactiveL2: boolean): Pro
 export async function inactiveL2Offsets(s: Qcow2State): Promise<number[]> {
   const l2s: number[] = [];
   for (const sn of s.snapshots) {
-    if (!sn.l1Size) continue;
+    // A table beyond 2^53 lies past the end of the file: QEMU reads zeroes there, which reference nothing.
+    if (!sn.l1Size || sn.wide?.l1TableOffset !== undefined) continue;
     const l1 = await readAt(s, sn.l1TableOffset, sn.l1Size * 8);
     const v = new DataView(l1.buffer);
     for (let i = 0; i < sn.l1Size; i++) {

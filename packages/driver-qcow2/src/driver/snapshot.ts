@@ -5,7 +5,9 @@ import {
   QCOW_MAX_SNAPSHOTS,
   SNAPSHOT_EXTRA_DATA_SIZE,
   SNAPSHOT_HEADER_SIZE,
+  hex,
   serializeSnapshotTable,
+  snapshotL1TableOffset,
   snapshotTablePatch,
   type SnapshotEntry,
 } from '../format/index.js';
@@ -128,12 +130,19 @@ export function findSnapshotByIdOrName(entries: readonly SnapshotEntry[], idOrNa
   return i >= 0 ? i : findSnapshotByIdAndName(entries, undefined, idOrName);
 }
 
-/** qcow2_validate_table() for a snapshot's L1 table; the message QEMU reports, or null. */
-function validateSnapshotL1(s: Qcow2State, sn: SnapshotEntry): BlockError | null {
+/**
+ * qcow2_validate_table() for a snapshot's L1 table; the message QEMU reports, or null. A table QEMU accepts at
+ * or beyond 2^53 (past the end of any file) is refused here, when the snapshot is used: our documented limit.
+ */
+export function validateSnapshotL1(s: Pick<Qcow2State, 'clusterSize'>, sn: SnapshotEntry): BlockError | null {
   if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) return new BlockError('EFBIG', 'Snapshot L1 table too large');
   const INT64_MAX = (1n << 63n) - 1n;
-  if (INT64_MAX - BigInt(sn.l1Size) * 8n < BigInt(sn.l1TableOffset) || sn.l1TableOffset % s.clusterSize) {
+  const offset = snapshotL1TableOffset(sn);
+  if (INT64_MAX - BigInt(sn.l1Size) * 8n < offset || offset % BigInt(s.clusterSize)) {
     return new BlockError('EINVAL', 'Snapshot L1 table offset invalid');
+  }
+  if (sn.wide?.l1TableOffset !== undefined) {
+    return new BlockError('EFBIG', `Snapshot L1 table offset ${hex(offset)} is too large: offsets must stay below 2^53`);
   }
   return null;
 }

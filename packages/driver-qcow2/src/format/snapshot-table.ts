@@ -1,6 +1,6 @@
 import { BlockError } from '@blockgraph/block-core';
 import { QCOW_MAX_SNAPSHOTS_SIZE, QCOW_MAX_SNAPSHOT_EXTRA_DATA } from './constants.js';
-import { readU64, viewOf, writeU64 } from './u64.js';
+import { MAX_SAFE_HIGH_WORD, TWO_POW_32, viewOf, writeU64 } from './u64.js';
 
 /**
  * The internal snapshot table: nb_snapshots variable-length entries starting at snapshots_offset, each aligned
@@ -23,7 +23,19 @@ export const SNAPSHOT_EXTRA_DATA_SIZE = 24;
 /** QEMU's "no icount recorded" value (-1 as u64), used when the extra data is too short to hold one. */
 export const ICOUNT_NONE = 0xffffffffffffffffn;
 
+/**
+ * The exact values of an entry's 64-bit fields that are at or above 2^53, which only a damaged table holds (QEMU
+ * opens such images: it validates a snapshot's L1 table only when the snapshot is used). The number fields then
+ * hold approximations, still at or above 2^53, so comparisons with real offsets and sizes stay right.
+ */
+export interface WideSnapshotFields {
+  l1TableOffset?: bigint;
+  vmStateSize?: bigint;
+  diskSize?: bigint;
+}
+
 export interface SnapshotEntry {
+  /** At or above 2^53 only approximately: see `wide`. */
   l1TableOffset: number;
   l1Size: number;
   id: string;
@@ -42,6 +54,27 @@ export interface SnapshotEntry {
   extraDataSize: number;
   /** Extra data beyond the 24 bytes QEMU knows, kept for rewrites. */
   unknownExtraData: Uint8Array;
+  /** Present when a 64-bit field does not fit a number exactly. */
+  wide?: WideSnapshotFields;
+}
+
+/** A u64 field as a number, and its exact value when that number cannot hold it. */
+function readWideU64(view: DataView, at: number): { value: number; wide?: bigint } {
+  const hi = view.getUint32(at);
+  const lo = view.getUint32(at + 4);
+  if (hi <= MAX_SAFE_HIGH_WORD) return { value: hi * TWO_POW_32 + lo };
+  return { value: hi * TWO_POW_32 + lo, wide: view.getBigUint64(at) };
+}
+
+/** Write a u64 field: its exact value when it has one, else the number. */
+function writeWideU64(view: DataView, at: number, value: number, wide: bigint | undefined): void {
+  if (wide === undefined) writeU64(view, at, value);
+  else view.setBigUint64(at, wide);
+}
+
+/** The exact L1 table offset of an entry. */
+export function snapshotL1TableOffset(e: SnapshotEntry): bigint {
+  return e.wide?.l1TableOffset ?? BigInt(e.l1TableOffset);
 }
 
 const utf8 = new TextDecoder('utf-8');
@@ -105,19 +138,27 @@ export function parseSnapshotTable(bytes: Uint8Array, nbSnapshots: number, image
     const extra = offset + SNAPSHOT_HEADER_SIZE;
     const known = Math.min(extraDataSize, SNAPSHOT_EXTRA_DATA_SIZE);
     const idAt = extra + extraDataSize;
+    const l1TableOffset = readWideU64(view, offset);
+    const vmStateSize = known >= 8 ? readWideU64(view, extra) : { value: view.getUint32(offset + 32) };
+    const diskSize = known >= 16 ? readWideU64(view, extra + 8) : { value: imageSize };
+    const wide: WideSnapshotFields = {};
+    if (l1TableOffset.wide !== undefined) wide.l1TableOffset = l1TableOffset.wide;
+    if (vmStateSize.wide !== undefined) wide.vmStateSize = vmStateSize.wide;
+    if (diskSize.wide !== undefined) wide.diskSize = diskSize.wide;
     entries.push({
-      l1TableOffset: readU64(view, offset, 'Snapshot L1 table offset'),
+      l1TableOffset: l1TableOffset.value,
       l1Size: view.getUint32(offset + 8),
       id: cString(bytes.subarray(idAt, idAt + idSize)),
       name: cString(bytes.subarray(idAt + idSize, idAt + idSize + nameSize)),
       dateSec: view.getUint32(offset + 16),
       dateNsec: view.getUint32(offset + 20),
       vmClockNsec: view.getBigUint64(offset + 24),
-      vmStateSize: known >= 8 ? readU64(view, extra, 'Snapshot VM state size') : view.getUint32(offset + 32),
-      diskSize: known >= 16 ? readU64(view, extra + 8, 'Snapshot disk size') : imageSize,
+      vmStateSize: vmStateSize.value,
+      diskSize: diskSize.value,
       icount: known >= 24 ? view.getBigUint64(extra + 16) : ICOUNT_NONE,
       extraDataSize,
       unknownExtraData: bytes.slice(extra + known, idAt),
+      ...(Object.keys(wide).length ? { wide } : {}),
     });
     offset = idAt + idSize + nameSize;
   }
@@ -160,7 +201,7 @@ export function serializeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8
     const { id, name } = names[i]!;
     offset = align8(offset);
     const extraDataSize = Math.max(SNAPSHOT_EXTRA_DATA_SIZE, e.extraDataSize);
-    writeU64(view, offset, e.l1TableOffset);
+    writeWideU64(view, offset, e.l1TableOffset, e.wide?.l1TableOffset);
     view.setUint32(offset + 8, e.l1Size);
     view.setUint16(offset + 12, id.length);
     view.setUint16(offset + 14, name.length);
@@ -171,8 +212,8 @@ export function serializeSnapshotTable(entries: readonly SnapshotEntry[]): Uint8
     view.setUint32(offset + 32, e.vmStateSize <= 0xffffffff ? e.vmStateSize : 0);
     view.setUint32(offset + 36, extraDataSize);
     const extra = offset + SNAPSHOT_HEADER_SIZE;
-    writeU64(view, extra, e.vmStateSize);
-    writeU64(view, extra + 8, e.diskSize);
+    writeWideU64(view, extra, e.vmStateSize, e.wide?.vmStateSize);
+    writeWideU64(view, extra + 8, e.diskSize, e.wide?.diskSize);
     view.setBigUint64(extra + 16, e.icount);
     const unknownLength = extraDataSize - SNAPSHOT_EXTRA_DATA_SIZE;
     out.set(e.unknownExtraData.subarray(0, unknownLength), extra + SNAPSHOT_EXTRA_DATA_SIZE);

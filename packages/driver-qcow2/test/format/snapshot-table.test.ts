@@ -6,6 +6,7 @@ import {
   ICOUNT_NONE,
   parseSnapshotTable,
   serializeSnapshotTable,
+  snapshotL1TableOffset,
   snapshotTableLength,
   type SnapshotEntry,
 } from '../../src/format/index.js';
@@ -75,6 +76,24 @@ describe('snapshot table codec', () => {
     expect(dataView(bytes).getUint32(32)).toBe(0);
     const [back] = parseSnapshotTable(bytes, 1, 0);
     expect(back).toEqual(e);
+  });
+
+  it('64-bit fields beyond 2^53 (damage) parse, keep their exact values and serialize back byte for byte', () => {
+    const bytes = serializeSnapshotTable([entry({ extraDataSize: 24 })]);
+    const v = dataView(bytes);
+    v.setBigUint64(0, 0x514649fb00000003n); // l1_table_offset
+    v.setBigUint64(40, 0xfedcba9876543211n); // vm_state_size_large
+    v.setBigUint64(48, 0x0020000000000001n); // disk_size: 2^53 + 1
+    const [e] = parseSnapshotTable(bytes, 1, 0);
+    expect(e!.wide).toEqual({ l1TableOffset: 0x514649fb00000003n, vmStateSize: 0xfedcba9876543211n, diskSize: 0x0020000000000001n });
+    expect(snapshotL1TableOffset(e!)).toBe(0x514649fb00000003n);
+    // The approximations stay beyond every real offset and size.
+    expect(e!.l1TableOffset).toBeGreaterThan(Number.MAX_SAFE_INTEGER);
+    expect(e!.vmStateSize).toBeGreaterThan(0xffffffff);
+    expect(e!.diskSize).toBeGreaterThan(Number.MAX_SAFE_INTEGER);
+    expect(Buffer.from(serializeSnapshotTable([e!])).equals(Buffer.from(bytes))).toBe(true);
+    // Below 2^53 nothing is wide.
+    expect(parseSnapshotTable(serializeSnapshotTable([entry()]), 1, 0)[0]!.wide).toBeUndefined();
   });
 
   it('random damage: a BlockError or a table, nothing else', () => {
