@@ -58,7 +58,7 @@ async function collectInfoList(
   while (filename !== undefined) {
     if (seen.has(filename)) throw new CliError(`Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts: opts, readOnly: true, forceShare, noBacking: true, quiet: true });
+    const img = await openImage(ctx, graph, { filename, format: fmt, imageOpts: opts, readOnly: true, forceShare, noBacking: true, noIo: true, quiet: true });
     const info = await queryImageInfo(img.image);
     list.push(info);
     img.blk.remove();

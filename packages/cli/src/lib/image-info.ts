@@ -2,7 +2,7 @@
  * qemu-img info's ImageInfo (block/qapi.c bdrv_query_image_info) and its human dump (bdrv_image_info_dump),
  * built from the driver contract: getInfo(), getSpecificInfo(), getAllocatedFileSize(), snapshotList().
  */
-import { ChildRole, kebabCase, resolveRelativeFilename, type BlockNode, type DriverInfo, type SnapshotInfo } from '@blockgraph/block-core';
+import { ChildRole, isBlockError, kebabCase, resolveRelativeFilename, type BlockNode, type DriverInfo, type SnapshotInfo } from '@blockgraph/block-core';
 import { qdictOrder, toQemuJson, type QValue } from './qjson.js';
 import { padLeft, padRight, sizeToStr } from './printf.js';
 
@@ -100,7 +100,13 @@ export async function queryImageInfo(node: BlockNode): Promise<QObj> {
     if (info.backingFormat) out['backing-filename-format'] = info.backingFormat;
   }
   if (node.impl.snapshotList) {
-    const list = await node.impl.snapshotList();
+    let list: SnapshotInfo[] = [];
+    try {
+      list = await node.impl.snapshotList();
+    } catch (e) {
+      // bdrv_query_snapshot_info_list(): a format that cannot have snapshots here (an external data file) has none.
+      if (!isBlockError(e) || e.code !== 'ENOTSUP') throw e;
+    }
     if (list.length) out.snapshots = list.map(snapshotToQapi);
   }
   const spec = node.impl.getSpecificInfo?.();

@@ -82,6 +82,11 @@ export interface OpenSpec {
    * to repair it, and leaves a dirty one for the check to find.
    */
   check?: boolean;
+  /**
+   * Open for metadata inspection only (qemu-img info's BDRV_O_NO_IO): a format that knows the mode opens no
+   * external data file and refuses guest I/O.
+   */
+  noIo?: boolean;
   /** Backend permissions; default: read (+ write when writable), sharing read, write and write-unchanged. */
   perm?: number;
   shared?: number;
@@ -218,6 +223,7 @@ async function openImageInner(ctx: Ctx, graph: Graph, spec: OpenSpec): Promise<O
       const o: Options = { ...rest, ...topExtra };
       if (spec.noBacking && 'backing' in fmtDriver.options && o.backing === undefined) o.backing = null;
       if (spec.check && 'checkMode' in fmtDriver.options) o.checkMode = true;
+      if (spec.noIo && 'noIo' in fmtDriver.options) o.noIo = true;
       return o;
     };
     if (driver === undefined && typeof fileRef !== 'string') {

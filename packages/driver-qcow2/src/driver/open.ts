@@ -32,7 +32,9 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   const node = ctx.node;
   const file = (await ctx.openChild('file', o.file, ChildRole.IMAGE))!;
   const checkMode = o.checkMode === true;
-  const header = await readHeader({ file }, { readWrite: !ctx.readOnly, check: checkMode });
+  const noIo = o.noIo === true;
+  if (noIo && !ctx.readOnly) throw new BlockError('EINVAL', "'no-io' requires a read-only image");
+  const header = await readHeader({ file }, { readWrite: !ctx.readOnly, check: checkMode, noIO: noIo });
   if (header.cryptMethod !== 0) {
     throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
@@ -41,15 +43,15 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
 
   let dataFile: Child = file;
   const hasDataFile = (header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
-  if (hasDataFile) {
+  if (noIo) {
+    // QEMU (CVE-2024-4467) opens no external data file for metadata inspection: `info` on an untrusted image
+    // must not touch a file the image names. No guest I/O reaches `dataFile` in this mode (checkUsable).
+  } else if (hasDataFile) {
     if (o.dataFile !== undefined && o.dataFile !== null) {
       dataFile = (await ctx.openChild('data-file', o.dataFile, ChildRole.DATA))!;
     } else if (header.extensions.dataFile !== null) {
-      try {
-        dataFile = await ctx.openImageByName('data-file', header.extensions.dataFile, protocolName(file.node), ChildRole.DATA);
-      } catch (e) {
-        throw prepend(e, `Could not open data file '${header.extensions.dataFile}': `);
-      }
+      // The protocol's own error ("Could not open 'NAME': ...") is QEMU's whole message here.
+      dataFile = await ctx.openImageByName('data-file', header.extensions.dataFile, protocolName(file.node), ChildRole.DATA);
     } else {
       throw new BlockError('EINVAL', "'data-file' is required for this image");
     }
@@ -60,6 +62,7 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
 
   const s = new Qcow2State(node, file, dataFile, null, header, options);
   s.checkMode = checkMode;
+  s.noIo = noIo;
   await loadTables(s);
   s.makeCaches(cacheIO(s));
   await loadSnapshots(s, (options.overlapCheck & OVERLAP_ALL) === OVERLAP_ALL);

@@ -44,6 +44,12 @@ export const QCOW2_RUNTIME_OPTIONS: OptionSchema = {
     default: false,
     description: 'open for qemu-img check: a corrupt image may be opened read-write, a dirty one is not repaired',
   },
+  noIo: {
+    type: 'boolean',
+    default: false,
+    description:
+      'open read-only for metadata inspection (qemu-img info, BDRV_O_NO_IO): an external data file is not opened, checks only I/O needs are skipped, guest I/O is refused',
+  },
 };
 
 export interface CacheSizes {

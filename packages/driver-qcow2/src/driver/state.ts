@@ -111,6 +111,8 @@ export class Qcow2State {
   pendingWriteSetup = false;
   /** Opened for qemu-img check: no automatic repair. */
   checkMode = false;
+  /** Opened for metadata inspection only (the `noIo` option): no data file, no guest I/O. */
+  noIo = false;
 
   snapshots: SnapshotEntry[] = [];
   /** Byte length of the snapshot table (for overlap checks). */
@@ -255,6 +257,7 @@ export class Qcow2State {
    * with EIO, every later one fails with ENOMEDIUM.
    */
   checkUsable(): void {
+    if (this.noIo) throw new BlockError('ENOTSUP', 'The image was opened for metadata inspection only (no-io)');
     if (this.broken) throw new BlockError('ENOMEDIUM', `No medium found (the image is unusable: ${this.broken.message})`, { cause: this.broken });
   }
 
