@@ -65,7 +65,9 @@ export async function loadSnapshots(s: Qcow2State, loadInactiveL2: boolean): Pro
   s.snapshots = [];
   s.snapshotTableBytes = 0;
   s.inactiveL2 = null;
-  if (!h.nbSnapshots) return;
+  // Not in check mode, as qcow2_do_open() with BDRV_O_CHECK: a broken table must reach the check, which reads
+  // (and with -r all repairs) it itself. The header keeps the table's place, so nothing drops it.
+  if (!h.nbSnapshots || s.checkMode) return;
   let want = Math.min(QCOW_MAX_SNAPSHOTS_SIZE, Math.max(4096, h.nbSnapshots * 128));
   let bytes = await readAt(s, h.snapshotsOffset, want);
   for (;;) {
