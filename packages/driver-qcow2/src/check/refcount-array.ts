@@ -54,6 +54,16 @@ export class RefcountArray {
     this.buf.fill(0);
   }
 
+  /** Whether every entry of refcount block `blockIndex` (a cluster of the array) is 0. */
+  blockIsZero(blockIndex: number): boolean {
+    const start = blockIndex * this.clusterSize;
+    if (start >= this.buf.length) return true;
+    // Clusters are multiples of 512 bytes and the buffer starts its own ArrayBuffer: whole aligned words.
+    const words = new Uint32Array(this.buf.buffer, this.buf.byteOffset + start, this.clusterSize / 4);
+    for (let i = 0; i < words.length; i++) if (words[i] !== 0) return false;
+    return true;
+  }
+
   /** The bytes of refcount block `blockIndex` (a cluster-sized slice; the buffer is cluster aligned). */
   refblockSlice(blockIndex: number): Uint8Array {
     const start = blockIndex * this.clusterSize;
