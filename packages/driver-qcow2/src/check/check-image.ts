@@ -14,6 +14,11 @@ export interface CheckImageOptions {
    * clusters are refcounted), so this does not change the result.
    */
   dataFileRaw?: boolean;
+  /**
+   * Refcount blocks the image's refcount cache holds (QEMU's refcount-cache-size / cluster size; default 4): the
+   * check keeps its repairs in a cache of this shape, which decides what reaches the file when.
+   */
+  refcountCacheBlocks?: number;
 }
 
 interface PassOutcome {
@@ -24,8 +29,14 @@ interface PassOutcome {
 }
 
 /** qcow2_co_check_locked() on a freshly opened image, plus QEMU's close-time write-back. */
-async function checkPass(io: ImageIO, fix: number, writable: boolean, messages: string[]): Promise<PassOutcome> {
-  const st: CheckState = await openForCheck(io, writable);
+async function checkPass(
+  io: ImageIO,
+  fix: number,
+  writable: boolean,
+  messages: string[],
+  opts: CheckImageOptions,
+): Promise<PassOutcome> {
+  const st: CheckState = await openForCheck(io, writable, opts.refcountCacheBlocks);
   st.messages = messages;
   const result = emptyCounters();
   const snapshotRes = emptyCounters();
@@ -108,10 +119,10 @@ function toResult(c: CheckCounters, messages: string[]): CheckResult {
  * A check QEMU cannot complete yields `checkFailed` (the errno) and zero counters; an image QEMU cannot
  * even open rejects with a BlockError carrying QEMU's open error message.
  */
-export async function checkImage(io: ImageIO, fix: CheckFix, _opts: CheckImageOptions = {}): Promise<CheckResult> {
+export async function checkImage(io: ImageIO, fix: CheckFix, opts: CheckImageOptions = {}): Promise<CheckResult> {
   const messages: string[] = [];
   const writable = fix !== 'none';
-  const first = await checkPass(io, fixBits(fix), writable, messages);
+  const first = await checkPass(io, fixBits(fix), writable, messages, opts);
   if (first.failed) return { ...toResult(emptyCounters(), messages), checkFailed: first.failed };
   const c = first.counters;
   if (!c.corruptionsFixed && !c.leaksFixed) return toResult(c, messages);
@@ -119,7 +130,7 @@ export async function checkImage(io: ImageIO, fix: CheckFix, _opts: CheckImageOp
   // The node QEMU checks again is gone after a fatal corruption event.
   const second: PassOutcome = first.nodeGone
     ? { counters: emptyCounters(), failed: 'ENOMEDIUM', nodeGone: true }
-    : await checkPass(io, 0, writable, messages);
+    : await checkPass(io, 0, writable, messages, opts);
   const firstPass = { corruptions: c.corruptions, leaks: c.leaks };
   if (second.failed) {
     return {
@@ -143,9 +154,9 @@ export async function checkImage(io: ImageIO, fix: CheckFix, _opts: CheckImageOp
  * fix = 'all') when a dirty image is opened read-write. The caller treats `checkFailed` or `checkErrors` as
  * "Could not repair dirty image".
  */
-export async function checkImageOnce(io: ImageIO, fix: CheckFix, _opts: CheckImageOptions = {}): Promise<CheckResult> {
+export async function checkImageOnce(io: ImageIO, fix: CheckFix, opts: CheckImageOptions = {}): Promise<CheckResult> {
   const messages: string[] = [];
-  const pass = await checkPass(io, fixBits(fix), fix !== 'none', messages);
+  const pass = await checkPass(io, fixBits(fix), fix !== 'none', messages, opts);
   if (pass.failed) return { ...toResult(emptyCounters(), messages), checkFailed: pass.failed };
   return toResult(pass.counters, messages);
 }

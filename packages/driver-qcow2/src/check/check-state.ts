@@ -70,7 +70,7 @@ export interface CheckState {
  * When opened for writing, QEMU first clears unknown autoclear bits and drops an inconsistent bitmaps
  * extension with a full header rewrite; so does this.
  */
-export async function openForCheck(io: ImageIO, writable: boolean): Promise<CheckState> {
+export async function openForCheck(io: ImageIO, writable: boolean, refcountCacheBlocks?: number): Promise<CheckState> {
   const first = await readFull(io, 0, 24);
   const clusterSize = peekClusterSize(first);
   const cluster0 = await readFull(io, 0, clusterSize);
@@ -142,7 +142,7 @@ export async function openForCheck(io: ImageIO, writable: boolean): Promise<Chec
     nodeGone: false,
     freeClusterIndex: 0,
   };
-  st.refcounts = new DiskRefcounts(io, g, reftableOffset, reftableBytes, (m) => signalCorruption(st, m));
+  st.refcounts = new DiskRefcounts(io, g, reftableOffset, reftableBytes, (m) => signalCorruption(st, m), refcountCacheBlocks);
 
   if (writable && ((header.autoclearFeatures & ~AUTOCLEAR_MASK) !== 0n || header.extensions.bitmapsInconsistent)) {
     header.autoclearFeatures &= AUTOCLEAR_MASK;

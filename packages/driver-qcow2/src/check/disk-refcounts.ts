@@ -3,6 +3,17 @@ import { CheckAbort } from './check-abort.js';
 import { readFull, type ImageIO } from './image-io.js';
 import { hexAlt, offsetIntoCluster, u64, type Offset } from './u64-text.js';
 
+/** MIN_REFCOUNT_CACHE_SIZE: QEMU's default (and smallest) refcount block cache, in blocks. */
+const REFCOUNT_CACHE_BLOCKS = 4;
+
+interface CachedBlock {
+  offset: number;
+  data: Uint8Array;
+  dirty: boolean;
+  /** When the block was last used (qcow2_cache_put's lru_counter). */
+  lru: number;
+}
+
 /**
  * The refcounts as the image stores them: the refcount table (read once, like QEMU does at open) and the
  * refcount blocks behind it, read on demand into a write-back cache shaped like QEMU's refcount block cache for
@@ -14,20 +25,9 @@ import { hexAlt, offsetIntoCluster, u64, type Offset } from './u64-text.js';
  * the check flushes (`writeBack()`: marking the image clean, closing it) or never, when a fatal corruption event
  * made QEMU's node unusable first. Matching it keeps a repaired image byte-identical to qemu-img's.
  */
-/** MIN_REFCOUNT_CACHE_SIZE: QEMU's default refcount block cache, in blocks. */
-const REFCOUNT_CACHE_BLOCKS = 4;
-
-interface CachedBlock {
-  offset: number;
-  data: Uint8Array;
-  dirty: boolean;
-  /** When the block was last used (qcow2_cache_put's lru_counter). */
-  lru: number;
-}
-
 export class DiskRefcounts {
   private table: DataView;
-  private slots: (CachedBlock | null)[] = new Array<CachedBlock | null>(REFCOUNT_CACHE_BLOCKS).fill(null);
+  private readonly slots: (CachedBlock | null)[];
   private lruCounter = 0;
   /** Clusters whose refcount a repair dropped to 0, to be discarded (QCOW2_DISCARD_ALWAYS/SNAPSHOT). */
   private discards: number[] = [];
@@ -40,7 +40,9 @@ export class DiskRefcounts {
     tableBytes: Uint8Array,
     /** Called when a refcount block offset is unaligned (QEMU's qcow2_signal_corruption). */
     private readonly onCorruption: (message: string) => Promise<void>,
+    cacheBlocks = REFCOUNT_CACHE_BLOCKS,
   ) {
+    this.slots = new Array<CachedBlock | null>(Math.max(REFCOUNT_CACHE_BLOCKS, cacheBlocks)).fill(null);
     this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
   }
 

@@ -45,7 +45,7 @@ export function imageIO(s: Qcow2State): ImageIO {
 export async function runCheck(s: Qcow2State, fix: CheckFix): Promise<CheckResult> {
   if (!s.readOnly && !s.broken) await flushCaches(s);
   try {
-    return await checkImage(imageIO(s), fix, { dataFileRaw: s.dataFileIsRaw });
+    return await checkImage(imageIO(s), fix, { dataFileRaw: s.dataFileIsRaw, refcountCacheBlocks: s.options.refcountCacheEntries });
   } finally {
     if (fix !== 'none') await reloadMetadata(s);
   }
