@@ -130,6 +130,12 @@ export class DiskRefcounts {
     return data ? this.entry(data, cluster) : 0;
   }
 
+  /** get() exactly, in decimal, for messages (64-bit refcounts can exceed 2^53). */
+  async getText(cluster: number): Promise<string> {
+    const data = await this.blockData(cluster);
+    return data ? this.entryText(data, cluster) : '0';
+  }
+
   /**
    * The refcount block covering `cluster` (null: none, all its refcounts are 0), for callers that walk a
    * whole block's range. Throws like get() for an unaligned block offset.

@@ -39,7 +39,7 @@ export async function checkOflagCopied(st: CheckState, res: CheckCounters, fix: 
       res.corruptions++;
       st.messages.push(
         `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} ` +
-          `l1_entry=${hex64(l1Hi, l1Lo)} refcount=${refcount}`,
+          `l1_entry=${hex64(l1Hi, l1Lo)} refcount=${await st.refcounts.getText(Math.floor(l2Offset / cs))}`,
       );
       if (repair) {
         const hi = refcount === 1 ? (l1Hi | 0x80000000) >>> 0 : l1Hi & 0x7fffffff;
@@ -76,12 +76,12 @@ export async function checkOflagCopied(st: CheckState, res: CheckCounters, fix: 
       const type = l2ClusterType(hi, lo, st.l2Mode);
       if (type !== ClusterType.NORMAL && type !== ClusterType.ZERO_ALLOC) continue;
       let rc: number;
+      const dataCluster = Math.floor(((hi & 0x00ffffff) * 4294967296 + ((lo & 0xfffffe00) >>> 0)) / cs);
       if (st.hasDataFile) {
         rc = 1;
       } else {
-        const dataOffset = (hi & 0x00ffffff) * 4294967296 + ((lo & 0xfffffe00) >>> 0);
         try {
-          rc = await st.refcounts.get(Math.floor(dataOffset / cs));
+          rc = await st.refcounts.get(dataCluster);
         } catch {
           continue;
         }
@@ -89,7 +89,9 @@ export async function checkOflagCopied(st: CheckState, res: CheckCounters, fix: 
       if ((rc === 1) !== ((hi & 0x80000000) !== 0)) {
         res.corruptions++;
         st.messages.push(
-          `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${rc}`,
+          `${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(hi, lo)} refcount=${
+            st.hasDataFile ? rc : await st.refcounts.getText(dataCluster)
+          }`,
         );
         if (repair) {
           view.setUint32(j * es, rc === 1 ? (hi | 0x80000000) >>> 0 : hi & 0x7fffffff);

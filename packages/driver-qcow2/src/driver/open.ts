@@ -102,7 +102,7 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
     // A repair (BDRV_O_CHECK) must get to the check: it is what fixes an overlapping table.
     if (!checkMode) await checkStructures(s);
     s.pendingWriteSetup = true;
-    await runWriteSetup(s);
+    await runWriteSetup(s, true);
     inst.bitmaps = null;
   }
 

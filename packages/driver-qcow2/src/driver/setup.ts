@@ -12,7 +12,8 @@ import type { Qcow2State } from './state.js';
  * Persistent dirty bitmaps: blockgraph does not track guest writes in them, so it behaves exactly like a
  * program without bitmap support — it clears autoclear bit 0 (keeping the extension), after which QEMU
  * considers the bitmaps inconsistent, warns, and drops them (leaking their clusters) on its next read-write
- * open. Nothing pretends the bitmaps are still valid after blockgraph wrote the disk.
+ * open. Nothing pretends the bitmaps are still valid after blockgraph wrote the disk. An open for `check -r`
+ * keeps them: a repair changes no guest data, and QEMU (which understands them) keeps them through it too.
  */
 
 /** The image file as the check module sees it. */
@@ -51,7 +52,7 @@ export async function runCheck(s: Qcow2State, fix: CheckFix): Promise<CheckResul
   }
 }
 
-export async function prepareForWriting(s: Qcow2State): Promise<void> {
+export async function prepareForWriting(s: Qcow2State, atOpen = false): Promise<void> {
   if (s.isDirty && !s.checkMode) {
     s.trace('repair_dirty', {});
     let res: CheckResult;
@@ -66,20 +67,25 @@ export async function prepareForWriting(s: Qcow2State): Promise<void> {
     }
   }
   const h = s.header;
-  const clear = (h.autoclearFeatures & ~AUTOCLEAR_MASK) | (h.autoclearFeatures & AUTOCLEAR_BITMAPS);
+  const bitmaps = h.autoclearFeatures & AUTOCLEAR_BITMAPS;
+  // A repair open writes no guest data, so the bitmaps stay valid (and their clusters in use) through the check:
+  // they are given up only when a guest write comes, which runs this setup again.
+  const keepBitmaps = atOpen && s.checkMode && bitmaps !== 0n;
+  const clear = (h.autoclearFeatures & ~AUTOCLEAR_MASK) | (keepBitmaps ? 0n : bitmaps);
   if (clear) {
     h.autoclearFeatures &= ~clear;
     await updateHeader(s);
     await s.flushFile();
   }
   s.useLazyRefcounts = s.options.lazyRefcounts;
-  s.pendingWriteSetup = false;
+  s.pendingWriteSetup = keepBitmaps;
 }
 
-export async function runWriteSetup(s: Qcow2State): Promise<void> {
+/** Run the pending read-write setup; `atOpen` for the one the open itself runs (no guest write yet). */
+export async function runWriteSetup(s: Qcow2State, atOpen = false): Promise<void> {
   if (!s.lock.tryLock()) await s.lock.lock();
   try {
-    if (s.pendingWriteSetup) await prepareForWriting(s);
+    if (s.pendingWriteSetup) await prepareForWriting(s, atOpen);
   } finally {
     s.lock.unlock();
   }

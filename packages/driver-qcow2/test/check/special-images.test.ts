@@ -225,6 +225,17 @@ d('checkImage on special images', () => {
     expect(cmpFiles(all.ours, all.theirs)).toBe(true);
   });
 
+  it('a 64-bit refcount beyond 2^53 is printed exactly, in the COPIED lines too', async () => {
+    w.create('rc64.qcow2', '8M', ['refcount_bits=64']);
+    w.qemuIo('rc64.qcow2', 'write -P 0x11 0 64k');
+    const image = w.path('rc64.qcow2');
+    const e = new ImageEditor(image);
+    e.setRefcount(e.hostCluster(0), 0xffffffffffffffffn).save();
+    const { result } = await expectParity(image, 'none');
+    expect(result.messages.join('\n')).toContain('refcount=18446744073709551615');
+    expect(result.messages.filter((m) => m.includes('OFLAG_COPIED'))).not.toEqual([]);
+  });
+
   it('qemu-img human output of a failed check matches (no report, exit 1)', async () => {
     const image = copy(w.path('corrupt.qcow2'), w.path('badsnap.qcow2'));
     new ImageEditor(image).setU32(60, 1).setU64(64, 0x10010n).save();

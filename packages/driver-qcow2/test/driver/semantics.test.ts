@@ -330,6 +330,27 @@ describe.skipIf(!hasQemu)('QEMU-compatible behaviour', () => {
     expect(chk.out).not.toMatch(/ERROR/);
   });
 
+  test('persistent bitmaps: an open for a repair (checkMode) keeps them until a guest write', async () => {
+    w.create('bmc.qcow2', '8M');
+    w.qemuImg('bitmap', '--add', 'bmc.qcow2', 'bitmap0');
+    const header = () => parseHeader(w.read('bmc.qcow2').subarray(0, peekClusterSize(w.read('bmc.qcow2'))));
+    const graph = newGraph();
+    try {
+      const { node, be } = await openQcow2(graph, w.path('bmc.qcow2'), { options: { checkMode: true } });
+      // The repair changes no guest data: the bitmaps are still valid, their clusters still in use.
+      expect(header().autoclearFeatures & 1n).toBe(1n);
+      const r = await node.impl.check!('leaks');
+      expect([r.leaks, r.leaksFixed, r.corruptions]).toEqual([0, 0, 0]);
+      expect(header().autoclearFeatures & 1n).toBe(1n);
+      // A guest write gives them up, as any read-write open of a program without bitmap support does.
+      await be.pwrite(0, new Uint8Array(4096).fill(1));
+      expect(header().autoclearFeatures & 1n).toBe(0n);
+    } finally {
+      await graph.close();
+    }
+    expect(run('qemu-img', ['info', 'bmc.qcow2'], w.dir).out).toContain('a program lacking bitmap support modified this file');
+  });
+
   test('runtime options: backing null / by node name, cache sizes, overlap-check, pass-discard', async () => {
     w.create('base.qcow2', '4M');
     w.qemuIo('base.qcow2', 'write -q -P 0x44 0 4M');
