@@ -10,6 +10,17 @@ import type { RefcountPass } from './calculate-refcounts.js';
  * caller. Returns the highest cluster index with a non-zero refcount on either side.
  */
 export async function compareRefcounts(p: RefcountPass, fix: number): Promise<number> {
+  try {
+    return await compareAll(p, fix);
+  } finally {
+    // update_refcount() discards a freed cluster at once, whatever happens to the refcount itself (it waits in
+    // the cache, and may never be written): the discards are not held back with it. They touch only freed
+    // clusters, so issuing them together after the walk, merged into ranges, leaves the same file.
+    await p.st.refcounts.processDiscards();
+  }
+}
+
+async function compareAll(p: RefcountPass, fix: number): Promise<number> {
   const { st, res, imrt } = p;
   const perBlock = st.g.refcountBlockEntries;
   let highest = 0;
@@ -47,9 +58,6 @@ export async function compareRefcounts(p: RefcountPass, fix: number): Promise<nu
       if (fixed) {
         try {
           await st.refcounts.set(i, counted);
-          // update_refcount() discards a freed cluster at once (the check does not batch discards), while the
-          // new refcount itself waits in the cache.
-          await st.refcounts.processDiscards();
           res[fixed]++;
           continue;
         } catch {
