@@ -103,6 +103,8 @@ export interface DriverInfo {
   backingFormat?: string;
   /** Where internal snapshots keep VM state in the guest address space (qemu-io's "vm state offset"). */
   vmStateOffset?: number;
+  /** The image is encrypted (qemu-img info's "encrypted: yes"). */
+  encrypted?: boolean;
 }
 
 /** qemu-img measure's answer (bytes). */

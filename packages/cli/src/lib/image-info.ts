@@ -93,7 +93,7 @@ export async function queryImageInfo(node: BlockNode): Promise<QObj> {
     'virtual-size': node.totalBytes,
     'cluster-size': info?.clusterSize ? info.clusterSize : undefined,
   };
-  if ((info as { encrypted?: boolean } | undefined)?.encrypted) out.encrypted = true;
+  if (info?.encrypted) out.encrypted = true;
   if (info?.backingFilename) {
     out['backing-filename'] = info.backingFilename;
     out['full-backing-filename'] = resolveRelativeFilename(node.filename ?? '', info.backingFilename);

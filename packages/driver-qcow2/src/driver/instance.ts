@@ -146,6 +146,7 @@ export class Qcow2Instance implements BlockDriverInstance {
     info.vmStateOffset = s.l1VmStateIndex * s.g.bytesPerL2Table;
     if (s.header.backingFile) info.backingFilename = s.header.backingFile;
     if (s.header.extensions.backingFormat) info.backingFormat = s.header.extensions.backingFormat;
+    if (s.header.cryptMethod !== 0) info.encrypted = true;
     return info;
   }
 
@@ -155,7 +156,9 @@ export class Qcow2Instance implements BlockDriverInstance {
     const h = s.header;
     const compression = h.compressionType === 1 ? 'zstd' : 'zlib';
     if (s.version === 2) {
-      return { type: 'qcow2', data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': s.g.refcountBits } };
+      const data: Record<string, unknown> = { compat: '0.10', 'compression-type': compression, 'refcount-bits': s.g.refcountBits };
+      if (s.encryption) data.encrypt = { ...s.encryption };
+      return { type: 'qcow2', data };
     }
     const data: Record<string, unknown> = {
       compat: '1.1',
@@ -164,6 +167,7 @@ export class Qcow2Instance implements BlockDriverInstance {
     };
     if (this.bitmaps && this.bitmaps.length) data.bitmaps = this.bitmaps.map((b) => ({ ...b, flags: [...b.flags] }));
     data['refcount-bits'] = s.g.refcountBits;
+    if (s.encryption) data.encrypt = { ...s.encryption };
     if (h.extensions.dataFile !== null) data['data-file'] = h.extensions.dataFile;
     if (s.hasDataFile) data['data-file-raw'] = s.dataFileIsRaw;
     data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;

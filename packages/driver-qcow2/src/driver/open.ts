@@ -8,13 +8,13 @@ import {
   type Options,
 } from '@blockgraph/block-core';
 import type { CodecTable } from '../codec.js';
-import { INCOMPAT_DATA_FILE } from '../format/index.js';
+import { CryptMethod, INCOMPAT_DATA_FILE, LUKS_HEADER_SIZE, parseLuksHeader } from '../format/index.js';
 import { loadBitmapDirectory } from './bitmaps-load.js';
 import { bitmapFlags, Qcow2Instance } from './instance.js';
-import { cacheIO, checkStructures, loadSnapshots, loadTables, readHeader } from './metadata.js';
+import { cacheIO, checkStructures, loadSnapshots, loadTables, readAt, readHeader } from './metadata.js';
 import { parseRuntimeOptions } from './options.js';
 import { runWriteSetup } from './setup.js';
-import { OVERLAP_ALL, Qcow2State } from './state.js';
+import { OVERLAP_ALL, Qcow2State, type EncryptionInfo } from './state.js';
 
 /** The protocol node at the bottom of `child` (a data file named in the image is opened with the same protocol). */
 function protocolName(node: BlockNode): string {
@@ -35,7 +35,8 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   const noIo = o.noIo === true;
   if (noIo && !ctx.readOnly) throw new BlockError('EINVAL', "'no-io' requires a read-only image");
   const header = await readHeader({ file }, { readWrite: !ctx.readOnly, check: checkMode, noIO: noIo });
-  if (header.cryptMethod !== 0) {
+  // Encrypted images can be described (metadata only), not read or written.
+  if (header.cryptMethod !== 0 && !noIo) {
     throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
   const size = Math.floor(header.size / 512) * 512;
@@ -63,6 +64,7 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   const s = new Qcow2State(node, file, dataFile, null, header, options);
   s.checkMode = checkMode;
   s.noIo = noIo;
+  if (header.cryptMethod !== 0) s.encryption = await readEncryptionInfo(s);
   await loadTables(s);
   s.makeCaches(cacheIO(s));
   await loadSnapshots(s, (options.overlapCheck & OVERLAP_ALL) === OVERLAP_ALL);
@@ -117,4 +119,16 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
     s.cleanTimer = t;
   }
   return inst;
+}
+
+/**
+ * What qemu-img info shows of an encrypted image (QCryptoBlockInfo): the format, and for LUKS its header, which
+ * QEMU parses even for a metadata-only open.
+ */
+async function readEncryptionInfo(s: Qcow2State): Promise<EncryptionInfo> {
+  const h = s.header;
+  if (h.cryptMethod === CryptMethod.AES) return { format: 'aes' };
+  const area = h.extensions.cryptoHeader!;
+  if (area.length < LUKS_HEADER_SIZE) throw new BlockError('EINVAL', 'LUKS header is truncated');
+  return { format: 'luks', ...parseLuksHeader(await readAt(s, area.offset, LUKS_HEADER_SIZE)) };
 }

@@ -17,6 +17,7 @@ import {
   l1EntryL2Offset,
   l2Mode,
   writeL1Entry,
+  type LuksInfo,
   type Qcow2Geometry,
   type Qcow2Header,
   type SnapshotEntry,
@@ -59,6 +60,9 @@ export interface DiscardRegion {
  * it: refcount.ts (refcounts and the cluster allocator), l1.ts, cluster.ts (mapping, allocation of guest
  * clusters, zero/discard), rw.ts (the request paths), header-io.ts, overlap.ts.
  */
+/** ImageInfoSpecificQCow2Encryption: `aes`, or `luks` with the LUKS header's description. */
+export type EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
+
 export class Qcow2State {
   header: Qcow2Header;
   g: Qcow2Geometry;
@@ -113,6 +117,8 @@ export class Qcow2State {
   checkMode = false;
   /** Opened for metadata inspection only (the `noIo` option): no data file, no guest I/O. */
   noIo = false;
+  /** An encrypted image's description (only a `noIo` open accepts one). */
+  encryption: EncryptionInfo | null = null;
 
   snapshots: SnapshotEntry[] = [];
   /** Byte length of the snapshot table (for overlap checks). */

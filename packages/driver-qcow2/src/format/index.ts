@@ -14,3 +14,4 @@ export * from './refcount-block.js';
 export * from './snapshot-table.js';
 export * from './bitmap-directory.js';
 export * from './overlap.js';
+export * from './luks-header.js';
