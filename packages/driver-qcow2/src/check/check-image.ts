@@ -89,13 +89,16 @@ async function markConsistent(st: CheckState): Promise<void> {
   await writeHeader(st);
 }
 
+/** BdrvCheckResult's counters are C ints: a count past 2^31 (a table of 2^31 bogus snapshots) wraps as in QEMU. */
+const int32 = (n: number): number => n | 0;
+
 function toResult(c: CheckCounters, messages: string[]): CheckResult {
   return {
-    corruptions: c.corruptions,
-    leaks: c.leaks,
-    checkErrors: c.checkErrors,
-    corruptionsFixed: c.corruptionsFixed,
-    leaksFixed: c.leaksFixed,
+    corruptions: int32(c.corruptions),
+    leaks: int32(c.leaks),
+    checkErrors: int32(c.checkErrors),
+    corruptionsFixed: int32(c.corruptionsFixed),
+    leaksFixed: int32(c.leaksFixed),
     imageEndOffset: c.imageEndOffset,
     totalClusters: c.totalClusters,
     allocatedClusters: c.allocatedClusters,
@@ -131,20 +134,20 @@ export async function checkImage(io: ImageIO, fix: CheckFix, opts: CheckImageOpt
   const second: PassOutcome = first.nodeGone
     ? { counters: emptyCounters(), failed: 'ENOMEDIUM', nodeGone: true }
     : await checkPass(io, 0, writable, messages, opts);
-  const firstPass = { corruptions: c.corruptions, leaks: c.leaks };
+  const firstPass = { corruptions: int32(c.corruptions), leaks: int32(c.leaks) };
   if (second.failed) {
     return {
       ...toResult(emptyCounters(), messages),
-      corruptionsFixed: c.corruptionsFixed,
-      leaksFixed: c.leaksFixed,
+      corruptionsFixed: int32(c.corruptionsFixed),
+      leaksFixed: int32(c.leaksFixed),
       firstPass,
       checkFailed: second.failed,
     };
   }
   return {
     ...toResult(second.counters, messages),
-    corruptionsFixed: c.corruptionsFixed,
-    leaksFixed: c.leaksFixed,
+    corruptionsFixed: int32(c.corruptionsFixed),
+    leaksFixed: int32(c.leaksFixed),
     firstPass,
   };
 }
