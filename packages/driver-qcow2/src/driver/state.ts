@@ -55,14 +55,14 @@ export interface DiscardRegion {
   bytes: number;
 }
 
+/** ImageInfoSpecificQCow2Encryption: `aes`, or `luks` with the LUKS header's description. */
+export type EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
+
 /**
  * Everything an open qcow2 image knows (QEMU's BDRVQcow2State). The modules beside this file are functions over
  * it: refcount.ts (refcounts and the cluster allocator), l1.ts, cluster.ts (mapping, allocation of guest
  * clusters, zero/discard), rw.ts (the request paths), header-io.ts, overlap.ts.
  */
-/** ImageInfoSpecificQCow2Encryption: `aes`, or `luks` with the LUKS header's description. */
-export type EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
-
 export class Qcow2State {
   header: Qcow2Header;
   g: Qcow2Geometry;
