@@ -4,17 +4,16 @@
  * and never touches a file an untrusted image names; the checks only I/O needs are skipped. Each case runs the
  * same command with QEMU 7.2 and blockgraph and compares status, stdout and stderr.
  */
-import { spawnSync } from 'node:child_process';
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cachedSetup, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
+import { cachedSetup, normaliseStderr, qcow2Requirement, run, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
 /** Run a QEMU tool in `dir`: the data file names stay relative, resolved against the image's directory. */
 function mustIn(dir: string, cmd: string, ...args: string[]): void {
-  const r = spawnSync(cmd, args, { cwd: dir, encoding: 'utf8' });
+  const r = run(cmd, args, { cwd: dir });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
 }
 

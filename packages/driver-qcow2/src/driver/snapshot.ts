@@ -5,10 +5,10 @@ import {
   QCOW_MAX_SNAPSHOTS,
   SNAPSHOT_EXTRA_DATA_SIZE,
   SNAPSHOT_HEADER_SIZE,
-  hex,
   serializeSnapshotTable,
   snapshotL1TableOffset,
   snapshotTablePatch,
+  tooLargeError,
   type SnapshotEntry,
 } from '../format/index.js';
 import { flushCaches } from './header-io.js';
@@ -142,7 +142,7 @@ export function validateSnapshotL1(s: Pick<Qcow2State, 'clusterSize'>, sn: Snaps
     return new BlockError('EINVAL', 'Snapshot L1 table offset invalid');
   }
   if (sn.wide?.l1TableOffset !== undefined) {
-    return new BlockError('EFBIG', `Snapshot L1 table offset ${hex(offset)} is too large: offsets must stay below 2^53`);
+    return tooLargeError('Snapshot L1 table offset', Number(offset >> 32n), Number(offset & 0xffffffffn));
   }
   return null;
 }
