@@ -194,6 +194,17 @@ export async function writeHeader(st: CheckState): Promise<void> {
   await refreshFileLength(st);
 }
 
+/**
+ * bdrv_flush() of the qcow2 node: its refcount cache written back, then the file flushed. Once a fatal
+ * corruption event has made the node unusable this does nothing (QEMU skips the flush of a node without a
+ * driver), so repairs still in the cache never reach the file.
+ */
+export async function flushNode(st: CheckState): Promise<void> {
+  if (st.nodeGone) return;
+  await st.refcounts.writeBack();
+  await st.io.flush();
+}
+
 export async function refreshFileLength(st: CheckState): Promise<void> {
   st.fileLength = await fileLengthInSectors(st.io);
 }

@@ -115,7 +115,10 @@ async function updateRefcount(
   }
 }
 
-/** qcow2_alloc_clusters(): allocate clusters for `size` bytes; their refcounts are written back. */
+/**
+ * qcow2_alloc_clusters(): allocate clusters for `size` bytes. Their new refcounts stay in the refcount cache;
+ * the caller flushes the node before pointing anything at them.
+ */
 export async function allocClusters(st: CheckState, size: number): Promise<number> {
   const count = Math.ceil(size / st.clusterSize);
   for (;;) {
@@ -126,15 +129,14 @@ export async function allocClusters(st: CheckState, size: number): Promise<numbe
       if (e instanceof Restart) continue;
       throw e;
     }
-    await st.refcounts.writeBack();
-    await st.io.flush();
     return offset;
   }
 }
 
 /**
  * qcow2_free_clusters(): one reference less for every cluster of [offset, offset + size). Like QEMU, a
- * failure only prints a message (the clusters leak).
+ * failure only prints a message (the clusters leak). The lower refcounts stay in the refcount cache; the
+ * clusters that became free are discarded at once (update_refcount's qcow2_process_discards).
  */
 export async function freeClusters(st: CheckState, offset: number | bigint, size: number): Promise<void> {
   try {
@@ -143,6 +145,6 @@ export async function freeClusters(st: CheckState, offset: number | bigint, size
     const code = e instanceof Restart ? 'EAGAIN' : toBlockError(e).code;
     st.messages.push(`qcow2_free_clusters failed: ${STRERROR[code]}`);
   }
-  await st.refcounts.writeBack();
+  await st.refcounts.processDiscards();
   await refreshFileLength(st);
 }

@@ -10,7 +10,7 @@ import {
 } from '../format/index.js';
 import { CheckAbort, FIX_ERRORS } from './check-abort.js';
 import type { CheckCounters } from './check-counters.js';
-import { refreshFileLength, type CheckState } from './check-state.js';
+import { flushNode, refreshFileLength, type CheckState } from './check-state.js';
 import { allocClusters, freeClusters } from './cluster-allocation.js';
 import { readFull } from './image-io.js';
 import { preWriteOverlapCheck } from './metadata-overlap.js';
@@ -294,9 +294,11 @@ function serializeSnapshots(snapshots: readonly CheckSnapshot[]): Uint8Array {
 async function writeSnapshots(st: CheckState): Promise<void> {
   const bytes = serializeSnapshots(st.snapshots);
   const newOffset = await allocClusters(st, bytes.length);
+  await flushNode(st);
   await preWriteOverlapCheck(st, 0, newOffset, bytes.length);
   if (bytes.length) await st.io.writeAt(newOffset, bytes);
-  await st.io.flush();
+  // The new table and its refcounts must be stable before the header points at it.
+  await flushNode(st);
   const patch = snapshotTablePatch(st.snapshots.length, newOffset);
   await st.io.writeAt(patch.offset, patch.bytes);
   await st.io.flush();
