@@ -32,6 +32,13 @@ const images = cachedSetup((d) => {
     bytes[at] = value;
     writeFileSync(join(d, name), bytes);
   }
+  // Both: the external data file bit without a name, and a backing file name that cannot fit.
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', 'nodf-longname.qcow2', '8M');
+  const bytes = readFileSync(join(d, 'nodf-longname.qcow2'));
+  bytes[79] = 0x04;
+  bytes.writeBigUInt64BE(4096n, 8);
+  bytes.writeUInt32BE(1, 16);
+  writeFileSync(join(d, 'nodf-longname.qcow2'), bytes);
 });
 
 const CASES: [string, string, string[]][] = [
@@ -52,6 +59,25 @@ describe('info inspects an image with an external data file without opening it',
         expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
         expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
         expect(t.b.status).toBe(0);
+      } finally {
+        t.cleanup();
+      }
+    });
+  }
+
+  // qcow2_do_open() deals with the data file before it reads the backing file name: an image opened for I/O is
+  // refused for its data file, `info` (which skips the data file) for the name.
+  for (const [cmd, message] of [
+    ['check', "'data-file' is required for this image"],
+    ['info', 'Backing file name too long'],
+  ] as const) {
+    it(`${cmd}: the data file is refused before the backing file name`, async (ctx) => {
+      need(ctx);
+      const t = await twin(images, (d) => [cmd, join(d, 'nodf-longname.qcow2')]);
+      try {
+        expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
+        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+        expect(t.b.stderr).toBe(`blockgraph: Could not open '$DIR/nodf-longname.qcow2': ${message}\n`);
       } finally {
         t.cleanup();
       }

@@ -29,12 +29,17 @@ export async function readAt(s: Pick<Qcow2State, 'file'>, offset: number, length
 
 export async function readHeader(
   s: Pick<Qcow2State, 'file'>,
-  opts: { readWrite: boolean; check: boolean; noIO?: boolean },
+  opts: { readWrite: boolean; check: boolean; noIO?: boolean; deferLateErrors?: boolean },
 ): Promise<Qcow2Header> {
   const first = await readAt(s, 0, Math.min(512, Math.max(s.file.node.totalBytes, 24)));
   const cs = peekClusterSize(first);
   const cluster0 = await readAt(s, 0, cs);
-  return parseHeader(cluster0, { readWrite: opts.readWrite, check: opts.check, noIO: opts.noIO === true });
+  return parseHeader(cluster0, {
+    readWrite: opts.readWrite,
+    check: opts.check,
+    noIO: opts.noIO === true,
+    deferLateErrors: opts.deferLateErrors === true,
+  });
 }
 
 /** Read the active L1 table and the refcount table into memory. */

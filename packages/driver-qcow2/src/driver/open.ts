@@ -34,11 +34,10 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   const checkMode = o.checkMode === true;
   const noIo = o.noIo === true;
   if (noIo && !ctx.readOnly) throw new BlockError('EINVAL', "'no-io' requires a read-only image");
-  const header = await readHeader({ file }, { readWrite: !ctx.readOnly, check: checkMode, noIO: noIo });
-  // Encrypted images can be described (metadata only), not read or written.
-  if (header.cryptMethod !== 0 && !noIo) {
-    throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
-  }
+  const header = await readHeader(
+    { file },
+    { readWrite: !ctx.readOnly, check: checkMode, noIO: noIo, deferLateErrors: true },
+  );
   const size = Math.floor(header.size / 512) * 512;
   const options = parseRuntimeOptions(o, header, size, node.common.discard === 'unmap');
 
@@ -59,6 +58,11 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
     file.role = ChildRole.METADATA | ChildRole.PRIMARY;
   } else if (o.dataFile !== undefined && o.dataFile !== null) {
     throw new BlockError('EINVAL', "'data-file' can only be set for images with an external data file");
+  }
+  if (header.lateOpenError) throw header.lateOpenError;
+  // Encrypted images can be described (metadata only), not read or written.
+  if (header.cryptMethod !== 0 && !noIo) {
+    throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
 
   const s = new Qcow2State(node, file, dataFile, null, header, options);

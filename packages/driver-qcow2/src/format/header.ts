@@ -77,6 +77,12 @@ export interface Qcow2Header {
   backingFileOffset: number;
   backingFileSize: number;
   extensions: HeaderExtensions;
+  /**
+   * With {@link HeaderOpenOptions.deferLateErrors}: what qcow2_do_open() refuses only after its external data
+   * file step (data-file-raw without a data file, a LUKS image without its header extension, a backing file
+   * name that does not fit; the first of these), or null. Without the option parseHeader() throws it.
+   */
+  lateOpenError?: BlockError | null;
 }
 
 /** How the image is being opened: the QEMU open flags that change header validation. */
@@ -93,6 +99,11 @@ export interface HeaderOpenOptions {
    * is opened for I/O ("Missing CRYPTO header for crypt method 2", "data-file-raw requires a data file").
    */
   noIO?: boolean;
+  /**
+   * The caller opens the external data file first and then throws `lateOpenError`, so that a data file error
+   * ("'data-file' is required for this image") is the one reported, as in QEMU.
+   */
+  deferLateErrors?: boolean;
 }
 
 const INT64_MAX = (1n << 63n) - 1n;
@@ -259,12 +270,16 @@ export function parseHeader(cluster0: Uint8Array, options: HeaderOpenOptions = {
 
   const extensions = parseHeaderExtensions(bytes, headerLength, extEnd, extContext);
 
+  let lateOpenError: BlockError | null = null;
+  const late = (message: string) => {
+    lateOpenError ??= new BlockError('EINVAL', message);
+  };
   if (!options.noIO) {
     if (!(incompatibleFeatures & INCOMPAT_DATA_FILE) && autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) {
-      fail('EINVAL', 'data-file-raw requires a data file');
+      late('data-file-raw requires a data file');
     }
     if (cryptMethod === CryptMethod.LUKS && extensions.cryptoHeader === null) {
-      fail('EINVAL', `Missing CRYPTO header for crypt method ${cryptMethod}`);
+      late(`Missing CRYPTO header for crypt method ${cryptMethod}`);
     }
   }
 
@@ -276,12 +291,15 @@ export function parseHeader(cluster0: Uint8Array, options: HeaderOpenOptions = {
       backingFileSize > Math.min(MAX_BACKING_FILE_NAME, clusterSize - off) ||
       backingFileSize >= BACKING_FILE_BUFFER_SIZE
     ) {
-      fail('EINVAL', 'Backing file name too long');
+      late('Backing file name too long');
+    } else {
+      const raw = bytes.subarray(off, off + backingFileSize);
+      const nul = raw.indexOf(0);
+      backingFile = utf8.decode(nul < 0 ? raw : raw.subarray(0, nul));
     }
-    const raw = bytes.subarray(off, off + backingFileSize);
-    const nul = raw.indexOf(0);
-    backingFile = utf8.decode(nul < 0 ? raw : raw.subarray(0, nul));
   }
+
+  if (lateOpenError && !options.deferLateErrors) throw lateOpenError;
 
   // Everything QEMU accepts is now known to be in range for QEMU; what exceeds 2^53 is our own limit.
   const limit = 'is beyond the 2^53 bytes this implementation can address';
@@ -307,6 +325,7 @@ export function parseHeader(cluster0: Uint8Array, options: HeaderOpenOptions = {
     backingFileOffset: Number(backingFileOffset),
     backingFileSize,
     extensions,
+    lateOpenError,
   };
 }
 
