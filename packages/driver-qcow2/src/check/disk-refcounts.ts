@@ -44,6 +44,19 @@ export class DiskRefcounts {
   ) {
     this.slots = new Array<CachedBlock | null>(Math.max(REFCOUNT_CACHE_BLOCKS, cacheBlocks)).fill(null);
     this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
+    this.updateLastUsedIndex();
+  }
+
+  /**
+   * Index of the last entry with a refcount block offset (QEMU's max_refcount_table_index; 0 when there is
+   * none): entries after it are all empty, so walks that look for blocks can stop there.
+   */
+  lastUsedIndex = 0;
+
+  private updateLastUsedIndex(): void {
+    let i = this.tableEntries - 1;
+    while (i > 0 && this.entryHi(i) === 0 && (this.entryLo(i) & ~0x1ff) === 0) i--;
+    this.lastUsedIndex = Math.max(0, i);
   }
 
   /** Number of refcount table entries (refcount_table_size). */
@@ -68,6 +81,7 @@ export class DiskRefcounts {
   replaceTable(tableOffset: number, tableBytes: Uint8Array): void {
     this.tableOffset = tableOffset;
     this.table = new DataView(tableBytes.buffer, tableBytes.byteOffset, tableBytes.byteLength);
+    this.updateLastUsedIndex();
     this.emptyCache();
   }
 
@@ -221,5 +235,6 @@ export class DiskRefcounts {
   setEntry(index: number, offset: number): void {
     this.table.setUint32(index * 8, Math.floor(offset / 4294967296));
     this.table.setUint32(index * 8 + 4, offset >>> 0);
+    this.updateLastUsedIndex();
   }
 }

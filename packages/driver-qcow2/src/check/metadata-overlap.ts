@@ -58,7 +58,7 @@ export function checkMetadataOverlap(st: CheckState, ign: number, offset: number
     }
   }
   if (chk & Overlap.REFCOUNT_BLOCK) {
-    for (let i = 0; i < rt.tableEntries; i++) {
+    for (let i = 0; i <= rt.lastUsedIndex && i < rt.tableEntries; i++) {
       const b = asNumber(rt.blockOffset(i));
       if (b && overlaps(offset, size, b, cs)) return Overlap.REFCOUNT_BLOCK;
     }

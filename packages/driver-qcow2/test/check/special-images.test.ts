@@ -246,6 +246,27 @@ d('checkImage on special images', () => {
     expect(cmpFiles(all.ours, all.theirs)).toBe(true);
   });
 
+  it('a repair write onto the second refcount block is refused by the overlap check', async () => {
+    // The overlap check walks the refcount table up to its last used entry (QEMU's max_refcount_table_index),
+    // not only entry 0. An L1 entry points at refcount block 1 as if it were an L2 table; four of the refcounts
+    // in it read as a preallocated zero entry at the unaligned offset 0x10200, which -r all rewrites in place.
+    w.create('rb1.qcow2', '4M', ['cluster_size=1024']);
+    w.qemuIo('rb1.qcow2', 'write -P 0x11 0 1M');
+    const image = w.path('rb1.qcow2');
+    const e = new ImageEditor(image);
+    const refblock1 = Number(e.u64(e.reftableOffset + 8));
+    expect(refblock1).not.toBe(0);
+    const first = refblock1 / 1024 === 512 ? 516 : 512; // the 4 refcounts read as the entry (not its own)
+    e.setRefcount(first, 0).setRefcount(first + 1, 0).setRefcount(first + 2, 1).setRefcount(first + 3, 0x0201);
+    e.setL1Entry(8, (1n << 63n) | BigInt(refblock1)).save();
+    const all = await expectParity(image, 'all');
+    expect(all.result.messages).toContain(
+      'qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with refcount block); ' +
+        'further corruption events will be suppressed',
+    );
+    expect(cmpFiles(all.ours, all.theirs)).toBe(true);
+  });
+
   it('a 64-bit refcount beyond 2^53 is printed exactly, in the COPIED lines too', async () => {
     w.create('rc64.qcow2', '8M', ['refcount_bits=64']);
     w.qemuIo('rc64.qcow2', 'write -P 0x11 0 64k');
