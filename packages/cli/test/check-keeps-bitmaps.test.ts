@@ -26,6 +26,36 @@ const images = cachedSetup((d) => {
   const refblock = Number(leaked.readBigUInt64BE(Number(leaked.readBigUInt64BE(48))));
   leaked.writeUInt16BE(1, refblock + cluster * 2);
   writeFileSync(join(d, 'bm-leak.qcow2'), leaked);
+  // The bitmaps' autoclear bit cleared, as a program without bitmap support leaves it.
+  const stale = readFileSync(img);
+  stale.writeBigUInt64BE(0n, 88);
+  writeFileSync(join(d, 'bm-stale.qcow2'), stale);
+});
+
+describe('bitmaps left inconsistent by a program without bitmap support: every open warns like QEMU', () => {
+  for (const args of [
+    ['info'],
+    ['map', '--output=json'],
+    ['check'],
+    ['check', '-r', 'leaks'],
+    ['convert', '-O', 'raw'],
+  ]) {
+    it(args.join(' '), async (ctx) => {
+      need(ctx);
+      const out = args[0] === 'convert' ? ['out.raw'] : [];
+      const t = await twin(images, (d) => [...args, join(d, 'bm-stale.qcow2'), ...out.map((o) => join(d, o))]);
+      try {
+        expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
+        expect(t.b.stderr).toBe(t.q.stderr.replaceAll('qemu-img: ', 'blockgraph: '));
+        // warn_report(), then error_printf() without a final newline.
+        expect(t.b.stderr).toMatch(
+          /^blockgraph: warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\nSome clusters may be leaked, run 'qemu-img check -r' on the image file to fix\./,
+        );
+      } finally {
+        t.cleanup();
+      }
+    });
+  }
 });
 
 describe('check -r keeps persistent bitmaps', () => {

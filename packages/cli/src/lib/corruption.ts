@@ -1,13 +1,19 @@
 /**
  * qcow2_signal_corruption() prints its line itself (error_report, no program prefix) in every QEMU tool, before
  * the failing operation's own error: the CLI turns the graph's BLOCK_IMAGE_CORRUPTED events into those lines.
+ * Drivers' WARNING events (QEMU's warn_report) become "blockgraph: warning: ..." lines the same way.
  */
 import type { Graph, GraphEvent } from '@blockgraph/block-core';
 import type { Ctx } from './context.js';
 
-/** Print each corruption event of `graph` as QEMU does; returns the unsubscribe function. */
+/** Print each corruption event and warning of `graph` as QEMU does; returns the unsubscribe function. */
 export function printCorruptionEvents(ctx: Ctx, graph: Graph): () => void {
   return graph.on((e: GraphEvent) => {
+    if (e.event === 'WARNING') {
+      ctx.warn(String(e.data.message));
+      if (typeof e.data.hint === 'string') ctx.err(e.data.hint);
+      return;
+    }
     if (e.event !== 'BLOCK_IMAGE_CORRUPTED') return;
     const node = graph.nodes.get(String(e.data['node-name']));
     const fmt = node?.driver.name ?? 'qcow2';

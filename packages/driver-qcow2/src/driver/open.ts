@@ -8,7 +8,15 @@ import {
   type Options,
 } from '@blockgraph/block-core';
 import type { CodecTable } from '../codec.js';
-import { CryptMethod, INCOMPAT_DATA_FILE, LUKS_HEADER_SIZE, parseLuksHeader } from '../format/index.js';
+import {
+  BITMAPS_INCONSISTENT_HINT,
+  BITMAPS_INCONSISTENT_WARNING,
+  BITMAPS_INCONSISTENT_WARNING_V2,
+  CryptMethod,
+  INCOMPAT_DATA_FILE,
+  LUKS_HEADER_SIZE,
+  parseLuksHeader,
+} from '../format/index.js';
 import { loadBitmapDirectory } from './bitmaps-load.js';
 import { bitmapFlags, Qcow2Instance } from './instance.js';
 import { cacheIO, checkStructures, loadSnapshots, loadTables, readAt, readHeader } from './metadata.js';
@@ -38,6 +46,14 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
     { file },
     { readWrite: !ctx.readOnly, check: checkMode, noIO: noIo, deferLateErrors: true },
   );
+  if (header.extensions.bitmapsInconsistent) {
+    // qcow2_read_extensions() warns on every open, before the data file step and whatever fails after it.
+    ctx.graph.emit('WARNING', {
+      'node-name': node.nodeName,
+      message: header.version === 2 ? BITMAPS_INCONSISTENT_WARNING_V2 : BITMAPS_INCONSISTENT_WARNING,
+      hint: BITMAPS_INCONSISTENT_HINT,
+    });
+  }
   const size = Math.floor(header.size / 512) * 512;
   const options = parseRuntimeOptions(o, header, size, node.common.discard === 'unmap');
 

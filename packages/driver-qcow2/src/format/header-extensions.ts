@@ -75,6 +75,15 @@ export function emptyHeaderExtensions(): HeaderExtensions {
 export const BITMAPS_INCONSISTENT_WARNING =
   'a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent';
 
+/** The same warning for a version 2 image. */
+export const BITMAPS_INCONSISTENT_WARNING_V2 =
+  'This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent ' +
+  'bitmap support; so now they must all be considered inconsistent';
+
+/** What QEMU prints after either warning (error_printf(), without a final newline). */
+export const BITMAPS_INCONSISTENT_HINT =
+  "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.";
+
 const utf8 = new TextDecoder('utf-8');
 const utf8Encoder = new TextEncoder();
 
