@@ -26,6 +26,15 @@ const images = cachedSetup((d) => {
   const o = readFileSync(over);
   o.writeUInt32BE(3, 56);
   writeFileSync(over, o);
+  // QEMU prints offsets and indexes with "%#x": an index 0 is "0". Entry 0 unaligned instead of entry 1.
+  const bad0 = Buffer.from(bytes);
+  bad0.writeUInt32BE(0x80000000, 0x4000);
+  bad0.writeUInt32BE(0x200, 0x4004);
+  writeFileSync(join(d, 'bad0.qcow2'), bad0);
+  // L1 entry 0 with an unaligned L2 table offset beyond 2^53: QEMU checks the alignment first.
+  const far = Buffer.from(bytes);
+  far.writeBigUInt64BE(0x80ffffffffffffffn, 0x3000);
+  writeFileSync(join(d, 'far-l2.qcow2'), far);
 });
 
 const CASES: [string, 'qemu-io' | 'qemu-img', (dir: string) => string[], string?][] = [
@@ -34,7 +43,16 @@ const CASES: [string, 'qemu-io' | 'qemu-img', (dir: string) => string[], string?
   ['convert -O raw', 'qemu-img', (d) => ['convert', '-f', 'qcow2', '-O', 'raw', join(d, 'bad.qcow2'), join(d, 'out.raw')]],
   // A repair opens the image for the check: no corruption event at open, the check fixes the overlap.
   ['check -r all repairs a refcount table overlapping the L1 table', 'qemu-img', (d) => ['check', '-r', 'all', join(d, 'overlap.qcow2')], 'overlap.qcow2'],
+  ['io -r: an unaligned entry at L2 index 0', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'bad0.qcow2')], 'bad0.qcow2'],
+  ['io -r: an unaligned L2 table offset beyond 2^53', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'far-l2.qcow2')], 'far-l2.qcow2'],
 ];
+
+/** The corruption line each image's case must print (the image bytes are compared as well). */
+const EXPECTED: Record<string, RegExp> = {
+  'bad.qcow2': /^qcow2: (Image is corrupt|Marking image as corrupt): Cluster allocation offset 0x200 unaligned/,
+  'bad0.qcow2': /^qcow2: Image is corrupt: Cluster allocation offset 0x200 unaligned \(L2 offset: 0x4000, L2 index: 0\);/,
+  'far-l2.qcow2': /^qcow2: Image is corrupt: L2 table offset 0xfffffffffffe00 unaligned \(L1 index: 0\);/,
+};
 
 describe('corruption events print QEMU\'s line in every command; a repair is not stopped by one', () => {
   for (const [name, tool, args, image = 'bad.qcow2'] of CASES) {
@@ -45,12 +63,9 @@ describe('corruption events print QEMU\'s line in every command; a repair is not
         const out = (s: string) => (tool === 'qemu-io' ? filterQemuIo(s) : s);
         expect({ status: t.b.status, stdout: out(t.b.stdout) }).toEqual({ status: t.q.status, stdout: out(t.q.stdout) });
         // check's report lines follow its 'qemu-img:' line, which normaliseStderr would take for continuation lines.
-        expect(t.b.stderr).toBe(image === 'bad.qcow2' ? normaliseStderr(t.q.stderr, tool) : t.q.stderr.replaceAll('qemu-img: ', 'blockgraph: '));
-        if (image === 'bad.qcow2') {
-          expect(t.b.stderr).toMatch(/^qcow2: (Image is corrupt|Marking image as corrupt): Cluster allocation offset 0x200 unaligned/);
-        } else {
-          expect(t.b.stdout).toContain('10 corruptions');
-        }
+        expect(t.b.stderr).toBe(image === 'overlap.qcow2' ? t.q.stderr.replaceAll('qemu-img: ', 'blockgraph: ') : normaliseStderr(t.q.stderr, tool));
+        if (image === 'overlap.qcow2') expect(t.b.stdout).toContain('10 corruptions');
+        else expect(t.b.stderr).toMatch(EXPECTED[image]!);
         expect(readFileSync(join(t.bdir, image)).equals(readFileSync(join(t.qdir, image)))).toBe(true);
       } finally {
         t.cleanup();

@@ -4,6 +4,7 @@ import {
   getRefcount as getRefcountEntry,
   headerGeometry,
   hex,
+  hexAlt,
   setRefcount as setRefcountEntry,
 } from '../format/index.js';
 import { updateHeader } from './header-io.js';
@@ -59,7 +60,7 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
       const rb = s.reftable[ti]!;
       if (rb) {
         if (rb < 0 || rb % cs) {
-          await signalCorruption(s, true, -1, -1, `Refblock offset ${hex(rb)} unaligned (reftable index: ${hex(ti)})`);
+          await signalCorruption(s, true, -1, -1, `Refblock offset ${hexAlt(rb)} unaligned (reftable index: ${hexAlt(ti)})`);
           throw new BlockError('EIO', 'Image is corrupt (unaligned refblock offset)');
         }
         const e = await s.refCache.get(rb);

@@ -11,6 +11,7 @@ import {
   SNAPSHOT_EXTRA_DATA_SIZE,
   SubclusterType,
   hex,
+  hexAlt,
   l2ClusterType,
 } from '../format/index.js';
 import { changeRefcountOrder } from './amend-refcount.js';
@@ -355,7 +356,7 @@ async function expandInL1(s: Qcow2State, l1: DataView, l1Size: number, active: b
       continue;
     }
     if (l2Offset % cs) {
-      throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(i)})`);
+      throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hexAlt(l2Offset)} unaligned (L1 index: ${hexAlt(i)})`);
     }
     const l2Refcount = await getRefcount(s, l2Offset / cs);
     for (let slice = 0; slice < nSlices; slice++) {
@@ -397,7 +398,7 @@ async function expandInL1(s: Qcow2State, l1: DataView, l1Size: number, active: b
               true,
               -1,
               -1,
-              `Cluster allocation offset ${hex(offset)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(slice * s.l2SliceEntries + j)})`,
+              `Cluster allocation offset ${hexAlt(offset)} unaligned (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(slice * s.l2SliceEntries + j)})`,
             );
             if (plain) await freeClusters(s, offset, cs, DiscardType.ALWAYS);
             throw err;

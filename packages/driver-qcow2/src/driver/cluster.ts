@@ -4,6 +4,7 @@ import {
   L2EntryFlag,
   SubclusterType,
   hex,
+  hexAlt,
   l2ClusterType,
   l2SubclusterType,
   subclusterRange,
@@ -123,16 +124,18 @@ function locate(s: Qcow2State, offset: number, bytes: number, m: Mapping): numbe
     m.bytes = bytes;
     return 0;
   }
-  const l2Offset = l2OffsetOfIndex(s, l1Index);
-  if (l2Offset === 0) {
+  // Bits 9..55 have at most 47 significant bits: exact as a number even beyond 2^53.
+  const bits = entryOffsetBits(s.l1View.getUint32(l1Index * 8), s.l1View.getUint32(l1Index * 8 + 4));
+  if (bits === 0) {
     // Unallocated up to the end of the range this (missing) L2 table would map.
     m.type = SubclusterType.UNALLOCATED_PLAIN;
     m.host = 0;
     m.bytes = Math.min(bytes, (l1Index + 1) * s.g.bytesPerL2Table - offset);
     return 0;
   }
-  if (l2Offset % s.clusterSize) return -1;
-  return l2Offset;
+  // Alignment first, as QEMU: an unaligned offset is a corruption even where it is also beyond our 2^53 limit.
+  if (bits % s.clusterSize) return -1;
+  return l2OffsetOfIndex(s, l1Index);
 }
 
 /** Second half: decode the entries of a slice (qcow2_get_host_offset). Returns a corruption message or null. */
@@ -147,7 +150,7 @@ function resolve(s: Qcow2State, v: DataView, l2Offset: number, offset: number, b
   const scIndex = s.extendedL2 ? Math.floor(oic / s.g.subclusterSize) : 0;
   const type = l2SubclusterType(e.hi, e.lo, e.alloc, e.zero, scIndex, s.mode);
   if (s.version < 3 && (type === SubclusterType.ZERO_PLAIN || type === SubclusterType.ZERO_ALLOC)) {
-    return `Zero cluster entry found in pre-v3 image (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(idx)})`;
+    return `Zero cluster entry found in pre-v3 image (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx)})`;
   }
   m.hi = e.hi;
   m.lo = e.lo;
@@ -159,7 +162,7 @@ function resolve(s: Qcow2State, v: DataView, l2Offset: number, offset: number, b
       break;
     case SubclusterType.COMPRESSED:
       if (s.hasDataFile) {
-        return `Compressed cluster entry found in image with external data file (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(idx)})`;
+        return `Compressed cluster entry found in image with external data file (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx)})`;
       }
       break;
     default: {
@@ -169,16 +172,16 @@ function resolve(s: Qcow2State, v: DataView, l2Offset: number, offset: number, b
       }
       m.host = hostCluster + oic;
       if (hostCluster % cs) {
-        return `Cluster allocation offset ${hex(hostCluster)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(idx)})`;
+        return `Cluster allocation offset ${hexAlt(hostCluster)} unaligned (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx)})`;
       }
       if (s.hasDataFile && m.host !== offset) {
-        return `External data file host cluster offset ${hex(hostCluster)} does not match guest cluster offset: ${hex(offset - oic)}, L2 index: ${hex(idx)})`;
+        return `External data file host cluster offset ${hexAlt(hostCluster)} does not match guest cluster offset: ${hexAlt(offset - oic)}, L2 index: ${hexAlt(idx)})`;
       }
     }
   }
   const sc = countContiguousSubclusters(s, v, Math.ceil(bytesNeeded / cs), scIndex, idx);
   if (sc < 0) {
-    return `Invalid cluster entry found  (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(idx - sc - 1)})`;
+    return `Invalid cluster entry found  (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx - sc - 1)})`;
   }
   let got = (sc + scIndex) * s.g.subclusterSize;
   if (got > bytesNeeded) got = bytesNeeded;
@@ -211,7 +214,7 @@ export async function mapLocked(s: Qcow2State, offset: number, bytes: number, m:
       true,
       -1,
       -1,
-      `L2 table offset ${hex(entryOffsetBits(s.l1Raw(l1Index).hi, s.l1Raw(l1Index).lo))} unaligned (L1 index: ${hex(l1Index)})`,
+      `L2 table offset ${hexAlt(entryOffsetBits(s.l1Raw(l1Index).hi, s.l1Raw(l1Index).lo))} unaligned (L1 index: ${hexAlt(l1Index)})`,
     );
   }
   const e = await s.l2Cache.get(sliceOffsetOf(s, l2, offset));
@@ -289,7 +292,7 @@ export async function getClusterTable(s: Qcow2State, offset: number): Promise<{ 
   const raw = s.l1Raw(l1Index);
   let l2Offset = entryOffsetBits(raw.hi, raw.lo);
   if (l2Offset % s.clusterSize) {
-    throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
+    throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hexAlt(l2Offset)} unaligned (L1 index: ${hexAlt(l1Index)})`);
   }
   // An entry without an offset names no L2 table, whatever its flags: with COPIED set (a damaged L1 table), QEMU
   // 7.2 would take the header cluster for the table and abort.
@@ -386,7 +389,7 @@ async function calculateL2Meta(
         true,
         -1,
         -1,
-        `Invalid cluster entry found (L2 offset: ${hex(s.l1L2Offset(l1Index))}, L2 index: ${hex(idx + i)})`,
+        `Invalid cluster entry found (L2 offset: ${hexAlt(s.l1L2Offset(l1Index))}, L2 index: ${hexAlt(idx + i)})`,
       );
     }
   }
@@ -563,7 +566,7 @@ async function handleCopied(
         true,
         -1,
         -1,
-        `${e.lo & 1 ? 'Preallocated zero' : 'Data'} cluster offset ${hex(clusterOffset)} unaligned (guest offset: ${hex(guestOffset)})`,
+        `${e.lo & 1 ? 'Preallocated zero' : 'Data'} cluster offset ${hexAlt(clusterOffset)} unaligned (guest offset: ${hexAlt(guestOffset)})`,
       );
     }
     if (hostOffset >= 0 && clusterOffset !== hostOffset - (hostOffset % cs)) return { found: false, host: hostOffset, bytes: 0 };

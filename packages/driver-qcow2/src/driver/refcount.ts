@@ -7,6 +7,7 @@ import {
   compressedReadLength,
   getRefcount as getRefcountEntry,
   hex,
+  hexAlt,
   l2ClusterType,
   l2EntryHostOffset,
   refcountMax,
@@ -39,9 +40,9 @@ function refblockOffsetFor(s: Qcow2State, clusterIndex: number): { tableIndex: n
 
 async function refblockUnaligned(s: Qcow2State, offset: number, tableIndex: number): Promise<BlockError> {
   if (offset < 0) {
-    return signalCorruption(s, true, -1, -1, `Refblock offset beyond 2^53 (reftable index: ${hex(tableIndex)})`);
+    return signalCorruption(s, true, -1, -1, `Refblock offset beyond 2^53 (reftable index: ${hexAlt(tableIndex)})`);
   }
-  return signalCorruption(s, true, -1, -1, `Refblock offset ${hex(offset)} unaligned (reftable index: ${hex(tableIndex)})`);
+  return signalCorruption(s, true, -1, -1, `Refblock offset ${hexAlt(offset)} unaligned (reftable index: ${hexAlt(tableIndex)})`);
 }
 
 /** The refcount of a cluster if its refcount block is cached (or absent); undefined when it must be read. */
@@ -566,7 +567,7 @@ export async function freeAnyCluster(
     case ClusterType.ZERO_ALLOC: {
       const off = l2EntryHostOffset(hi, lo);
       if (off % s.clusterSize) {
-        await signalCorruption(s, false, -1, -1, `Cannot free unaligned cluster ${hex(off)}`);
+        await signalCorruption(s, false, -1, -1, `Cannot free unaligned cluster ${hexAlt(off)}`);
       } else {
         await freeClusters(s, off, s.clusterSize, type, replacedInL2);
       }

@@ -6,7 +6,7 @@ import {
   OFLAG_COPIED_HI,
   compressedHostOffset,
   compressedReadLength,
-  hex,
+  hexAlt,
   l2ClusterType,
 } from '../format/index.js';
 import { flushCaches } from './header-io.js';
@@ -71,7 +71,7 @@ export async function updateSnapshotRefcount(s: Qcow2State, l1Offset: number, l1
       const l2Offset = offHi * TWO32 + offLo;
       if (l2Offset === 0) continue;
       if (l2Offset % cs) {
-        throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hex(l2Offset)} unaligned (L1 index: ${hex(i)})`);
+        throw await signalCorruption(s, true, -1, -1, `L2 table offset ${hexAlt(l2Offset)} unaligned (L1 index: ${hexAlt(i)})`);
       }
       for (let slice = 0; slice < nSlices; slice++) {
         const e = await s.l2Cache.get(l2Offset + slice * s.l2SliceBytes);
@@ -98,7 +98,7 @@ export async function updateSnapshotRefcount(s: Qcow2State, l1Offset: number, l1
                     true,
                     -1,
                     -1,
-                    `Cluster allocation offset ${hex(off)} unaligned (L2 offset: ${hex(l2Offset)}, L2 index: ${hex(slice * s.l2SliceEntries + j)})`,
+                    `Cluster allocation offset ${hexAlt(off)} unaligned (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(slice * s.l2SliceEntries + j)})`,
                   );
                 }
                 if (addend !== 0) await bump(s, off, addend);

@@ -14,6 +14,11 @@ export function hex(value: number | bigint): string {
   return '0x' + value.toString(16);
 }
 
+/** printf("%#x") / ("%#" PRIx64), as QEMU's corruption messages print: "0x..." except that zero is "0". */
+export function hexAlt(value: number | bigint): string {
+  return value === 0 || value === 0n ? '0' : '0x' + value.toString(16);
+}
+
 export function tooLargeError(what: string, hi: number, lo: number): BlockError {
   const value = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
   return new BlockError('EFBIG', `${what} ${hex(value)} is too large: offsets must stay below 2^53`);
