@@ -35,6 +35,14 @@ const images = cachedSetup((d) => {
   const far = Buffer.from(bytes);
   far.writeBigUInt64BE(0x80ffffffffffffffn, 0x3000);
   writeFileSync(join(d, 'far-l2.qcow2'), far);
+  // L2 entry 0 beyond 2^53: a data cluster also unaligned (a corruption, alignment first), and a compressed
+  // cluster (past the end of the file: an I/O error, no corruption event).
+  const farData = Buffer.from(bytes);
+  farData.writeBigUInt64BE(0x80fffffffffffe00n, 0x4000);
+  writeFileSync(join(d, 'far-data.qcow2'), farData);
+  const farCompressed = Buffer.from(bytes);
+  farCompressed.writeBigUInt64BE(0x43ffffff00000000n, 0x4000);
+  writeFileSync(join(d, 'far-compressed.qcow2'), farCompressed);
 });
 
 const CASES: [string, 'qemu-io' | 'qemu-img', (dir: string) => string[], string?][] = [
@@ -45,6 +53,8 @@ const CASES: [string, 'qemu-io' | 'qemu-img', (dir: string) => string[], string?
   ['check -r all repairs a refcount table overlapping the L1 table', 'qemu-img', (d) => ['check', '-r', 'all', join(d, 'overlap.qcow2')], 'overlap.qcow2'],
   ['io -r: an unaligned entry at L2 index 0', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'bad0.qcow2')], 'bad0.qcow2'],
   ['io -r: an unaligned L2 table offset beyond 2^53', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'far-l2.qcow2')], 'far-l2.qcow2'],
+  ['io -r: an unaligned data cluster beyond 2^53', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'far-data.qcow2')], 'far-data.qcow2'],
+  ['io -r: compressed data beyond 2^53', 'qemu-io', (d) => ['-f', 'qcow2', '-r', '-c', 'read 0 4k', join(d, 'far-compressed.qcow2')], 'far-compressed.qcow2'],
 ];
 
 /** The corruption line each image's case must print (the image bytes are compared as well). */
@@ -52,6 +62,8 @@ const EXPECTED: Record<string, RegExp> = {
   'bad.qcow2': /^qcow2: (Image is corrupt|Marking image as corrupt): Cluster allocation offset 0x200 unaligned/,
   'bad0.qcow2': /^qcow2: Image is corrupt: Cluster allocation offset 0x200 unaligned \(L2 offset: 0x4000, L2 index: 0\);/,
   'far-l2.qcow2': /^qcow2: Image is corrupt: L2 table offset 0xfffffffffffe00 unaligned \(L1 index: 0\);/,
+  'far-data.qcow2': /^qcow2: Image is corrupt: Cluster allocation offset 0xfffffffffffe00 unaligned \(L2 offset: 0x4000, L2 index: 0\);/,
+  'far-compressed.qcow2': /^$/,
 };
 
 describe('corruption events print QEMU\'s line in every command; a repair is not stopped by one', () => {

@@ -166,14 +166,15 @@ function resolve(s: Qcow2State, v: DataView, l2Offset: number, offset: number, b
       }
       break;
     default: {
+      // Exact even beyond 2^53 (47 significant bits): the alignment comes first, as in QEMU.
       const hostCluster = entryOffsetBits(e.hi, e.lo);
+      if (hostCluster % cs) {
+        return `Cluster allocation offset ${hexAlt(hostCluster)} unaligned (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx)})`;
+      }
       if (hostCluster > Number.MAX_SAFE_INTEGER) {
         return `Cluster allocation offset ${hex(hostCluster)} is beyond what this implementation can address`;
       }
       m.host = hostCluster + oic;
-      if (hostCluster % cs) {
-        return `Cluster allocation offset ${hexAlt(hostCluster)} unaligned (L2 offset: ${hexAlt(l2Offset)}, L2 index: ${hexAlt(idx)})`;
-      }
       if (s.hasDataFile && m.host !== offset) {
         return `External data file host cluster offset ${hexAlt(hostCluster)} does not match guest cluster offset: ${hexAlt(offset - oic)}, L2 index: ${hexAlt(idx)})`;
       }

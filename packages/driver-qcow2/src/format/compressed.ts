@@ -27,6 +27,12 @@ export function compressedHostOffset(hi: number, lo: number, layout: CompressedL
   return offsetHi * TWO_POW_32 + lo;
 }
 
+/** {@link compressedHostOffset} exactly, also at or beyond 2^53 (a damaged descriptor). */
+export function compressedHostOffsetExact(hi: number, lo: number, layout: CompressedLayout): bigint {
+  const offsetHi = hi & ((1 << (layout.csizeShift - 32)) - 1);
+  return (BigInt(offsetHi) << 32n) | BigInt(lo >>> 0);
+}
+
 /** Number of 512-byte sectors beyond the first one (the descriptor's sector field). */
 export function compressedAdditionalSectors(hi: number, layout: CompressedLayout): number {
   return (hi >>> (layout.csizeShift - 32)) & layout.csizeMask;
