@@ -16,6 +16,7 @@ import {
   resolveLocking,
 } from '../src/node/file-lock.js';
 import { loadNative, nativeLoadError, type NativeHelper } from '../src/node/native.js';
+import { newGraph } from './helpers/holder.js';
 import {
   QemuIoHolder,
   describeRequiring,
@@ -68,9 +69,9 @@ describe('permNames', () => {
 
 describe('resolveLocking', () => {
   it('follows raw_open_common(): off never locks, auto locks only with OFD locks, on insists', () => {
-    expect(resolveLocking('off', helper)).toEqual({ useLock: false, warnings: [] });
-    expect(resolveLocking('off', null)).toEqual({ useLock: false, warnings: [] });
-    expect(resolveLocking('auto', null)).toEqual({ useLock: false, warnings: [] });
+    expect(resolveLocking('off', helper)).toEqual({ useLock: false, warning: null });
+    expect(resolveLocking('off', null)).toEqual({ useLock: false, warning: null });
+    expect(resolveLocking('auto', null)).toEqual({ useLock: false, warning: null });
     expect(caught(() => resolveLocking('on', null))).toMatchObject({ code: 'ENOTSUP' });
     expect(caught(() => resolveLocking('sometimes' as 'on', helper))).toMatchObject({
       code: 'EINVAL',
@@ -84,19 +85,48 @@ describe('resolveLocking', () => {
       const kind = n.lockKind();
       try {
         n.setLockKind('ofd');
-        expect(resolveLocking('auto', n)).toEqual({ useLock: true, warnings: [] });
-        expect(resolveLocking('on', n)).toEqual({ useLock: true, warnings: [] });
+        expect(resolveLocking('auto', n)).toEqual({ useLock: true, warning: null });
+        expect(resolveLocking('on', n)).toEqual({ useLock: true, warning: null });
         n.setLockKind('posix');
-        expect(resolveLocking('auto', n)).toEqual({ useLock: false, warnings: [] });
+        expect(resolveLocking('auto', n)).toEqual({ useLock: false, warning: null });
         expect(resolveLocking('on', n)).toEqual({
           useLock: true,
-          warnings: [
-            'File lock requested but OFD locking syscall is unavailable, falling back to POSIX file locks',
-            'Due to the implementation, locks can be lost unexpectedly.',
-          ],
+          warning: {
+            message: 'File lock requested but OFD locking syscall is unavailable, falling back to POSIX file locks',
+            hint: 'Due to the implementation, locks can be lost unexpectedly.\n',
+          },
         });
       } finally {
         n.setLockKind(kind);
+      }
+    });
+
+    it("opening with locking=on on POSIX locks emits QEMU's warning as a WARNING graph event", async () => {
+      const n = native();
+      const kind = n.lockKind();
+      const { dir, cleanup } = makeTempDir('lock-warn');
+      const graph = newGraph();
+      try {
+        const p = join(dir, 'w.raw');
+        closeSync(openSync(p, 'w'));
+        const events: Record<string, unknown>[] = [];
+        graph.on((e) => {
+          if (e.event === 'WARNING') events.push(e.data);
+        });
+        n.setLockKind('posix');
+        const node = await graph.addNode({ driver: 'file', filename: p, locking: 'on', nodeName: 'f0' });
+        expect(node.nodeName).toBe('f0');
+        expect(events).toEqual([
+          {
+            'node-name': 'f0',
+            message: 'File lock requested but OFD locking syscall is unavailable, falling back to POSIX file locks',
+            hint: 'Due to the implementation, locks can be lost unexpectedly.\n',
+          },
+        ]);
+      } finally {
+        n.setLockKind(kind);
+        await graph.close();
+        cleanup();
       }
     });
   });

@@ -335,8 +335,8 @@ export type LockingMode = 'auto' | 'on' | 'off';
 
 export interface LockingDecision {
   useLock: boolean;
-  /** What QEMU would print as warnings while opening, one entry per line. */
-  warnings: string[];
+  /** QEMU's warning while opening (warn_report, then an error_printf hint), or null. */
+  warning: { message: string; hint: string } | null;
 }
 
 /**
@@ -347,20 +347,20 @@ export interface LockingDecision {
 export function resolveLocking(mode: LockingMode, native: NativeHelper | null): LockingDecision {
   switch (mode) {
     case 'off':
-      return { useLock: false, warnings: [] };
+      return { useLock: false, warning: null };
     case 'auto':
-      return { useLock: native !== null && native.lockKind() === 'ofd', warnings: [] };
+      return { useLock: native !== null && native.lockKind() === 'ofd', warning: null };
     case 'on':
       if (native === null) {
         throw new BlockError('ENOTSUP', 'File lock requested but the blockgraph native helper is unavailable');
       }
-      if (native.lockKind() === 'ofd') return { useLock: true, warnings: [] };
+      if (native.lockKind() === 'ofd') return { useLock: true, warning: null };
       return {
         useLock: true,
-        warnings: [
-          'File lock requested but OFD locking syscall is unavailable, falling back to POSIX file locks',
-          'Due to the implementation, locks can be lost unexpectedly.',
-        ],
+        warning: {
+          message: 'File lock requested but OFD locking syscall is unavailable, falling back to POSIX file locks',
+          hint: 'Due to the implementation, locks can be lost unexpectedly.\n',
+        },
       };
     default:
       throw new BlockError('EINVAL', `Invalid parameter '${String(mode)}'`);

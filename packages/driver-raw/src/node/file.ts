@@ -25,6 +25,7 @@ import {
   type BlockDriverInstance,
   type BlockLimits,
   type BlockNode,
+  type Graph,
   type BlockStatusReply,
   type DriverCapabilities,
   type IOVector,
@@ -628,7 +629,7 @@ export async function regularTruncate(fd: number, offset: number, prealloc: Prea
   }
 }
 
-async function openFile(ctx: { node: BlockNode; readOnly: boolean }, o: Options): Promise<BlockDriverInstance> {
+async function openFile(ctx: { graph: Graph; node: BlockNode; readOnly: boolean }, o: Options): Promise<BlockDriverInstance> {
   const filename = o.filename as string;
   const node = ctx.node;
   // bdrv_open_common(): checked before anything else, as for every driver that needs a file name.
@@ -651,7 +652,7 @@ async function openFile(ctx: { node: BlockNode; readOnly: boolean }, o: Options)
   }
   const native = loadNative();
   const locking = resolveLocking(o.locking as LockingMode, native);
-  for (const w of locking.warnings) process.emitWarning(w);
+  if (locking.warning) ctx.graph.emit('WARNING', { 'node-name': node.nodeName, ...locking.warning });
 
   let fd: number;
   try {
