@@ -20,10 +20,13 @@ import { Overlap, type Qcow2State } from './state.js';
  * overlap checks), and the file I/O of the two metadata caches.
  */
 
-/** Read [offset, +length) of the image file; bytes past its end read as zeroes. */
+/**
+ * Read [offset, +length) of the image file; bytes past its end read as zeroes (wholly past it, without a read:
+ * the offset of a damaged table may be beyond anything a request can address).
+ */
 export async function readAt(s: Pick<Qcow2State, 'file'>, offset: number, length: number): Promise<Uint8Array> {
   const buf = new Uint8Array(length);
-  if (length) await s.file.preadv(offset, length, IOVector.of(buf));
+  if (length && offset < s.file.node.totalBytes) await s.file.preadv(offset, length, IOVector.of(buf));
   return buf;
 }
 

@@ -303,14 +303,19 @@ export function parseHeader(cluster0: Uint8Array, options: HeaderOpenOptions = {
 
   // Everything QEMU accepts is now known to be in range for QEMU; what exceeds 2^53 is our own limit.
   const limit = 'is beyond the 2^53 bytes this implementation can address';
+  // A table at 2^53 or beyond lies past the end of any file this implementation opens: QEMU reads it as
+  // zeroes, and so can a read-only open (the offset is then only approximate, and never written). A writer
+  // would have to write it back or write there, and is refused.
+  const tableOffset = (value: bigint, message: string): number =>
+    options.readWrite ? exact(value, message) : Number(value);
   return {
     version,
     clusterBits,
     size: exact(size, 'Image is too big'),
     cryptMethod,
     l1Size,
-    l1TableOffset: exact(l1TableOffset, `Active L1 table offset ${limit}`),
-    refcountTableOffset: exact(refcountTableOffset, `Reference count table offset ${limit}`),
+    l1TableOffset: tableOffset(l1TableOffset, `Active L1 table offset ${limit}`),
+    refcountTableOffset: tableOffset(refcountTableOffset, `Reference count table offset ${limit}`),
     refcountTableClusters,
     nbSnapshots,
     snapshotsOffset: exact(snapshotsOffset, `Snapshot table offset ${limit}`),
