@@ -48,10 +48,6 @@ function entryOffsetBits(hi: number, lo: number): number {
   return (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
 }
 
-function l2OffsetOfIndex(s: Qcow2State, l1Index: number): number {
-  return s.l1L2Offset(l1Index);
-}
-
 /** Offset in the file of the cache slice holding the entry for guest `offset` of table `l2Offset`. */
 export function sliceOffsetOf(s: Qcow2State, l2Offset: number, offset: number): number {
   const inTable = Math.floor(offset / s.clusterSize) % s.g.l2Entries;
@@ -133,9 +129,10 @@ function locate(s: Qcow2State, offset: number, bytes: number, m: Mapping): numbe
     m.bytes = Math.min(bytes, (l1Index + 1) * s.g.bytesPerL2Table - offset);
     return 0;
   }
-  // Alignment first, as QEMU: an unaligned offset is a corruption even where it is also beyond our 2^53 limit.
+  // Alignment first, as QEMU: an unaligned offset is a corruption even where it is also beyond 2^53. An aligned
+  // one beyond 2^53 is past the end of the file, which the cache's read reports like any table past it.
   if (bits % s.clusterSize) return -1;
-  return l2OffsetOfIndex(s, l1Index);
+  return bits;
 }
 
 /** Second half: decode the entries of a slice (qcow2_get_host_offset). Returns a corruption message or null. */

@@ -86,6 +86,14 @@ describe.skipIf(!hasQemu)('damaged images', () => {
     expect((err as Error).message).toMatch(/L2 table offset 0x10000000 lies beyond the end of the image file/);
   });
 
+  test('L2 table offset beyond 2^53: past the end of the file like any other, EIO, no write', async () => {
+    const name = std();
+    patch(name, (v) => v.setUint32(0x30000, 0x80800000));
+    const err = await readOnlyAttempt(name);
+    expect((err as { code: string }).code).toBe('EIO');
+    expect((err as Error).message).toMatch(/L2 table offset 0x80000000040000 lies beyond the end of the image file/);
+  });
+
   for (const [what, size, name] of [
     ['size 0', 0, ''],
     ['a name starting with a NUL', 4, '\0abc'],
