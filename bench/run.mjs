@@ -246,6 +246,8 @@ function report(results, memoryResults, latencyResult, machine, ver, opts) {
     ),
     '',
   ];
+  const caveats = results.filter((r) => r.w.caveat);
+  if (caveats.length) lines.push('Caveats:', '', ...caveats.map((r) => `- **${r.w.id}**: ${r.w.caveat}`), '');
   if (memoryResults.length) lines.push(...renderMemory(memoryResults));
   if (latencyResult) lines.push(...renderMirrorLatency(latencyResult));
   const used = [...new Set([...[...results, ...memoryResults].flatMap((r) => r.w.fixtures), ...(latencyResult ? ['QHALF1G'] : [])])];
