@@ -108,17 +108,21 @@ export class Graph {
     return () => this.listeners.delete(listener);
   }
 
-  /**
-   * QMP-style events (JOB_STATUS_CHANGE, BLOCK_JOB_READY, BLOCK_IMAGE_CORRUPTED, ...), plus `WARNING`, which QMP
-   * does not have: what QEMU prints with warn_report() about a node, as data `{ 'node-name', message, hint? }`.
-   * A tool prints it as "<program>: warning: <message>" followed by the hint exactly as given (QEMU's
-   * error_printf() text; it may lack a final newline).
-   */
+  /** QMP-style events (JOB_STATUS_CHANGE, BLOCK_JOB_READY, BLOCK_IMAGE_CORRUPTED, ...; WARNING: see warn()). */
   emit(event: string, data: Record<string, unknown>): void {
     const ms = Date.now();
     const e: GraphEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
     for (const l of this.listeners) l(e);
   }
+  /**
+   * What QEMU prints with warn_report() about a node, as a `WARNING` event (QMP has no such event) with data
+   * `{ 'node-name', message, hint? }`. A tool prints "<program>: warning: <message>", then the hint exactly as
+   * given (QEMU's error_printf() text; it may lack a final newline).
+   */
+  warn(node: BlockNode, message: string, hint?: string): void {
+    this.emit('WARNING', { 'node-name': node.nodeName, message, ...(hint === undefined ? {} : { hint }) });
+  }
+
 
   // --- lookup ----------------------------------------------------------------------------------------------
 

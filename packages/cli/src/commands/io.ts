@@ -9,7 +9,7 @@ import { parseCacheMode } from '../lib/open.js';
 import { parseQemuOpts, optsToObject } from '../lib/qemu-opts.js';
 import { closeFile, IoCrash, openFile, parseDiscard, runCommand, type IoState, type OpenFlags } from '../io/qemu-io.js';
 import { createGraph } from '../lib/drivers.js';
-import { printCorruptionEvents } from '../lib/corruption.js';
+import { printBlockLayerMessages } from '../lib/block-layer-messages.js';
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   let parsed;
@@ -105,7 +105,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
   if (!cmds.length) throw usageError("no command given: use -c 'command' (blockgraph io has no interactive mode; '-c help' lists commands)");
 
   const graph = await createGraph();
-  printCorruptionEvents(ctx, graph);
+  printBlockLayerMessages(ctx, graph);
   const s: IoState = { ctx, graph, blk: null, top: null, writethrough: flags.cache.writethrough, quit: false, pending: new Set() };
   let crashed = false;
   try {

@@ -20,7 +20,7 @@ import {
 import { CliError, oneLine, type Ctx } from './context.js';
 import { parseQemuOpts, optsToObject } from './qemu-opts.js';
 import { OPTIONAL_DRIVERS, foreignFormat, foreignFormatMessage, missingDrivers, notInstalledMessage } from './drivers.js';
-import { printCorruptionEvents } from './corruption.js';
+import { printBlockLayerMessages } from './block-layer-messages.js';
 import { appendTempSnapshot } from './temp-snapshot.js';
 
 export interface CacheMode {
@@ -297,7 +297,7 @@ export function warnProbedRaw(ctx: Ctx, filename: string): void {
 export async function withGraph<T>(ctx: Ctx, fn: (graph: Graph) => Promise<T>): Promise<T> {
   const { createGraph } = await import('./drivers.js');
   const graph = await createGraph();
-  const stopPrinting = printCorruptionEvents(ctx, graph);
+  const stopPrinting = printBlockLayerMessages(ctx, graph);
   try {
     return await fn(graph);
   } finally {

@@ -22,10 +22,8 @@ export function hex(value: Offset): string {
   return value.toString(16);
 }
 
-/** printf("%#" PRIx64): "0x..." except that zero prints as "0". */
-export function hexAlt(value: Offset): string {
-  return value === 0 || value === 0n ? '0' : '0x' + value.toString(16);
-}
+/** printf("%#" PRIx64): the driver's formatter, shared. */
+export { hexAlt } from '../format/u64.js';
 
 /** Hex of the u64 made of two halves (%PRIx64). */
 export function hex64(hi: number, lo: number): string {

@@ -207,13 +207,9 @@ export async function mapLocked(s: Qcow2State, offset: number, bytes: number, m:
   if (l2 === 0) return;
   const l1Index = Math.floor(offset / s.g.bytesPerL2Table);
   if (l2 < 0) {
-    throw await signalCorruption(
-      s,
-      true,
-      -1,
-      -1,
-      `L2 table offset ${hexAlt(entryOffsetBits(s.l1Raw(l1Index).hi, s.l1Raw(l1Index).lo))} unaligned (L1 index: ${hexAlt(l1Index)})`,
-    );
+    const raw = s.l1Raw(l1Index);
+    const message = `L2 table offset ${hexAlt(entryOffsetBits(raw.hi, raw.lo))} unaligned (L1 index: ${hexAlt(l1Index)})`;
+    throw await signalCorruption(s, true, -1, -1, message);
   }
   const e = await s.l2Cache.get(sliceOffsetOf(s, l2, offset));
   let err: string | null;

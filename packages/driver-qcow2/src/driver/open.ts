@@ -48,11 +48,8 @@ export async function openQcow2(ctx: OpenContext, o: Options, codecs: () => Prom
   );
   if (header.extensions.bitmapsInconsistent) {
     // qcow2_read_extensions() warns on every open, before the data file step and whatever fails after it.
-    ctx.graph.emit('WARNING', {
-      'node-name': node.nodeName,
-      message: header.version === 2 ? BITMAPS_INCONSISTENT_WARNING_V2 : BITMAPS_INCONSISTENT_WARNING,
-      hint: BITMAPS_INCONSISTENT_HINT,
-    });
+    const message = header.version === 2 ? BITMAPS_INCONSISTENT_WARNING_V2 : BITMAPS_INCONSISTENT_WARNING;
+    ctx.graph.warn(node, message, BITMAPS_INCONSISTENT_HINT);
   }
   const size = Math.floor(header.size / 512) * 512;
   const options = parseRuntimeOptions(o, header, size, node.common.discard === 'unmap');

@@ -11,6 +11,7 @@ import {
 import {
   SubclusterType,
   compressedHostOffsetExact,
+  compressedHostOffsetOrBeyond,
   compressedReadLength,
   hex,
   writeCompressedDescriptor,
@@ -67,17 +68,14 @@ async function settle(ps: Promise<void>[]): Promise<void> {
 
 async function readCompressed(s: Qcow2State, hi: number, lo: number, offset: number, bytes: number, qiov: IOVector): Promise<void> {
   const codec = await s.codec();
-  // Exact: an offset at or beyond 2^53 is past the end of any file this driver opens, an I/O error as QEMU finds
-  // when it reads there, not our 2^53 limit.
-  const exact = compressedHostOffsetExact(hi, lo, s.g);
+  // An offset at or beyond 2^53 is past the end of any file this driver opens: an I/O error, as QEMU finds when
+  // it reads there, not our 2^53 limit.
+  const coff = compressedHostOffsetOrBeyond(hi, lo, s.g);
   const clen = compressedReadLength(hi, lo, s.g);
-  if (exact >= BigInt(s.fileLength)) {
-    throw new BlockError(
-      'EIO',
-      `qcow2: compressed cluster data at ${hex(exact)} lies beyond the end of the image file (${s.fileLength} bytes)`,
-    );
+  if (coff >= s.fileLength) {
+    const at = hex(compressedHostOffsetExact(hi, lo, s.g));
+    throw new BlockError('EIO', `qcow2: compressed cluster data at ${at} lies beyond the end of the image file (${s.fileLength} bytes)`);
   }
-  const coff = Number(exact);
   const buf = new Uint8Array(clen);
   await s.file.preadv(coff, clen, IOVector.of(buf));
   const out = new Uint8Array(s.clusterSize);

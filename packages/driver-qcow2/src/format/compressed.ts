@@ -20,17 +20,30 @@ export interface CompressedLayout {
   csizeMask: number;
 }
 
+/** The host offset's high word: the low (csize_shift - 32) bits of the descriptor's high word. */
+function offsetHighWord(hi: number, layout: CompressedLayout): number {
+  return hi & ((1 << (layout.csizeShift - 32)) - 1);
+}
+
 /** Host byte offset of the compressed data. */
 export function compressedHostOffset(hi: number, lo: number, layout: CompressedLayout): number {
-  const offsetHi = hi & ((1 << (layout.csizeShift - 32)) - 1);
+  const offsetHi = offsetHighWord(hi, layout);
   if (offsetHi > MAX_SAFE_HIGH_WORD) throw tooLargeError('Compressed cluster offset', offsetHi, lo);
   return offsetHi * TWO_POW_32 + lo;
 }
 
-/** {@link compressedHostOffset} exactly, also at or beyond 2^53 (a damaged descriptor). */
+/**
+ * {@link compressedHostOffset}, or Infinity at or beyond 2^53 (a damaged descriptor): such an offset lies past
+ * the end of any file this implementation opens.
+ */
+export function compressedHostOffsetOrBeyond(hi: number, lo: number, layout: CompressedLayout): number {
+  const offsetHi = offsetHighWord(hi, layout);
+  return offsetHi > MAX_SAFE_HIGH_WORD ? Number.POSITIVE_INFINITY : offsetHi * TWO_POW_32 + lo;
+}
+
+/** {@link compressedHostOffset} exactly, also at or beyond 2^53 (for messages about a damaged descriptor). */
 export function compressedHostOffsetExact(hi: number, lo: number, layout: CompressedLayout): bigint {
-  const offsetHi = hi & ((1 << (layout.csizeShift - 32)) - 1);
-  return (BigInt(offsetHi) << 32n) | BigInt(lo >>> 0);
+  return (BigInt(offsetHighWord(hi, layout)) << 32n) | BigInt(lo >>> 0);
 }
 
 /** Number of 512-byte sectors beyond the first one (the descriptor's sector field). */

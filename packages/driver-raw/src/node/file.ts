@@ -652,7 +652,7 @@ async function openFile(ctx: { graph: Graph; node: BlockNode; readOnly: boolean 
   }
   const native = loadNative();
   const locking = resolveLocking(o.locking as LockingMode, native);
-  if (locking.warning) ctx.graph.emit('WARNING', { 'node-name': node.nodeName, ...locking.warning });
+  if (locking.warning) ctx.graph.warn(node, locking.warning.message, locking.warning.hint);
 
   let fd: number;
   try {

@@ -1,13 +1,13 @@
 /**
- * qcow2_signal_corruption() prints its line itself (error_report, no program prefix) in every QEMU tool, before
- * the failing operation's own error: the CLI turns the graph's BLOCK_IMAGE_CORRUPTED events into those lines.
- * Drivers' WARNING events (QEMU's warn_report) become "blockgraph: warning: ..." lines the same way.
+ * What QEMU's block layer prints itself in every tool, before the failing operation's own error:
+ * qcow2_signal_corruption()'s line (error_report, no program prefix), from the graph's BLOCK_IMAGE_CORRUPTED
+ * events, and warn_report()'s "blockgraph: warning: ..." lines, from its WARNING events (Graph.warn()).
  */
 import type { Graph, GraphEvent } from '@blockgraph/block-core';
 import type { Ctx } from './context.js';
 
 /** Print each corruption event and warning of `graph` as QEMU does; returns the unsubscribe function. */
-export function printCorruptionEvents(ctx: Ctx, graph: Graph): () => void {
+export function printBlockLayerMessages(ctx: Ctx, graph: Graph): () => void {
   return graph.on((e: GraphEvent) => {
     if (e.event === 'WARNING') {
       ctx.warn(String(e.data.message));
