@@ -129,6 +129,32 @@ describe('resolveLocking', () => {
         cleanup();
       }
     });
+
+    it("an unlock that fails (QEMU's warn_report_err) is a WARNING graph event of the file node", async () => {
+      const { dir, cleanup } = makeTempDir('unlock-warn');
+      const graph = newGraph();
+      try {
+        const p = join(dir, 'u.raw');
+        closeSync(openSync(p, 'w'));
+        const events: Record<string, unknown>[] = [];
+        graph.on((e) => {
+          if (e.event === 'WARNING') events.push(e.data);
+        });
+        const node = await graph.addNode({ driver: 'file', filename: p, nodeName: 'f1' });
+        graph.backend(node);
+        const inst = node.impl as unknown as { fd: number; lock: ImageLock };
+        expect(lockedBytes(p)).toEqual([100, 101, 103, 201, 203]);
+        // Unlocking "cannot fail": make it fail by closing the descriptor under the lock. The instance forgets
+        // the number at once, so that closing the node cannot close a file that reused it.
+        closeSync(inst.fd);
+        inst.fd = -1;
+        inst.lock.release();
+        expect(events).toEqual([{ 'node-name': 'f1', message: 'Failed to unlock byte 100: Bad file descriptor' }]);
+      } finally {
+        await graph.close();
+        cleanup();
+      }
+    });
   });
 });
 

@@ -289,7 +289,7 @@ class FileInstance implements BlockDriverInstance {
         if (lock.preparing) lock.commit();
         else lock.apply(perm, shared);
       } catch (e) {
-        process.emitWarning(e instanceof Error ? e.message : String(e));
+        this.warn(e);
       }
     }
     const reopen = this.pendingReopen;
@@ -298,6 +298,14 @@ class FileInstance implements BlockDriverInstance {
 
   abortPermUpdate(): void {
     this.lock?.abort();
+  }
+
+  /**
+   * QEMU's warn_report_err() for what "cannot fail" and failed anyway (moving the lock bytes in a commit or an
+   * abort): the node stays usable, the graph's WARNING event tells the user.
+   */
+  private warn(e: unknown): void {
+    this.node.graph.warn(this.node, e instanceof Error ? e.message : String(e));
   }
 
   private adoptReopenFd(reopen: PendingReopen): void {
@@ -333,7 +341,7 @@ class FileInstance implements BlockDriverInstance {
           lock.prepare(lock.perm, lock.shared, reopen.fd);
           lock.commit();
         } catch (e) {
-          process.emitWarning(e instanceof Error ? e.message : String(e));
+          this.warn(e);
         }
       }
       this.adoptReopenFd(reopen);
@@ -358,7 +366,7 @@ class FileInstance implements BlockDriverInstance {
           lock.prepare(lock.perm, lock.shared, reopen.oldFd);
           lock.commit();
         } catch (e) {
-          process.emitWarning(e instanceof Error ? e.message : String(e));
+          this.warn(e);
         }
       }
     }
@@ -673,7 +681,7 @@ async function openFile(ctx: { graph: Graph; node: BlockNode; readOnly: boolean 
   }
   const inst = native ? new NativeFileInstance(fd, filename, ctx.readOnly, node, native) : new FileInstance(fd, filename, ctx.readOnly, node, null);
   if (direct) inst.direct = { align, pool: new BouncePool(Math.max(align, 4096)) };
-  if (locking.useLock && native) inst.lock = new ImageLock(fd, filename, native);
+  if (locking.useLock && native) inst.lock = new ImageLock(fd, filename, native, { warn: (message) => ctx.graph.warn(node, message) });
   // O_DIRECT leaves nothing dirty in the page cache; without the helper (before 1.4) there is no way to start writeback.
   const ahead = (o.writebackAhead as number | undefined) ?? 0;
   const startWriteback = native?.startWritebackAsync;
