@@ -171,10 +171,13 @@ export const WORKLOADS = [
     before: ['$OUT'],
     settle: true,
     caveat:
-      'both tools spend 0.3-0.4 s of each run in fdatasync calls that wait for the disk, so the disk decides much of the ratio. ' +
-      "In full runs, QEMU's runs have taken 2.2-3.8 s, against 0.6-1.0 s when this workload runs alone " +
-      '(`--only qcow2-1m-write`: 0.78x) or by hand (0.85-1.07x); the cause is not understood. A "met" here is not evidence ' +
-      'that the target is met.',
+      'the machine decides this ratio more than either tool. Each run fills 1 GiB of new page cache, and on this VM ' +
+      'that alone takes 0.5-2.4 s from one run to the next (`dd` of 1 GiB to tmpfs, measured); both tools also ' +
+      'wait 0.3-0.4 s in fdatasync calls for the disk. Runs of either tool take 0.65-0.8 s or 1.5-4 s, and the slow ' +
+      'runs come in stretches: with a strict QEMU, blockgraph alternation, a full run gave QEMU all five slow ones ' +
+      '(3.52x "met"), a later run of this workload alone gave them to blockgraph (0.37x), hence the ABBA order. Side ' +
+      'by side by hand, fast runs only: 0.89-1.0x with fdatasync, 0.8x with `-t unsafe` (1024 requests are short enough for the JIT warm-up of ' +
+      'qcow2-1m-read-short to show). A verdict here is not evidence either way.',
   },
   {
     id: 'convert-qcow2-1g-half',
