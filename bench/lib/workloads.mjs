@@ -28,6 +28,8 @@ const BENCH_4K = ['-f', 'raw', '-t', 'writeback', '-c', '65536', '-d', '32', '-s
  */
 const BENCH_1M = ['-f', 'raw', '-t', 'writeback', '-c', '8192', '-d', '4', '-s', '1M'];
 const Q_WB = ['-f', 'qcow2', '-t', 'writeback'];
+/** `bench` arguments: `count` sequential 1 MiB reads of the 1 GiB qcow2 image, 4 in flight. */
+const q1gReads1M = (count) => [...Q_WB, '-c', String(count), '-d', '4', '-s', '1M', '$Q1G'];
 /**
  * Before every run of a cold-cache workload: evict the input image from the page cache (GNU dd's documented
  * "drop cache for the whole file"), so it is read from the disk as in a conversion of an image that is not in
@@ -140,16 +142,16 @@ export const WORKLOADS = [
     target: 0.9,
     title: 'qemu-img bench on qcow2: 1 MiB sequential reads, 4 in flight, 16384 requests (16 passes over a fully allocated 1 GiB image, about 1.2 s; page cache warm)',
     fixtures: ['Q1G'],
-    qemu: ['qemu-img', 'bench', ...Q_WB, '-c', '16384', '-d', '4', '-s', '1M', '$Q1G'],
-    ours: ['bench', ...Q_WB, '-c', '16384', '-d', '4', '-s', '1M', '$Q1G'],
+    qemu: ['qemu-img', 'bench', ...q1gReads1M(16384)],
+    ours: ['bench', ...q1gReads1M(16384)],
     metric: 'reported',
   },
   {
     id: 'qcow2-1m-read-short',
     title: 'the same reads, 4096 requests (4 passes, about 0.3 s): what JIT warm-up costs in a short run',
     fixtures: ['Q1G'],
-    qemu: ['qemu-img', 'bench', ...Q_WB, '-c', '4096', '-d', '4', '-s', '1M', '$Q1G'],
-    ours: ['bench', ...Q_WB, '-c', '4096', '-d', '4', '-s', '1M', '$Q1G'],
+    qemu: ['qemu-img', 'bench', ...q1gReads1M(4096)],
+    ours: ['bench', ...q1gReads1M(4096)],
     metric: 'reported',
     caveat:
       "blockgraph's request path runs interpreted or baseline-compiled for its first 2000-3000 requests, and V8's " +
