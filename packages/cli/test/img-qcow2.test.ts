@@ -475,16 +475,26 @@ describe('qcow2 against QEMU 7.2', () => {
   });
 
   describe('io on qcow2 (golden outputs)', () => {
-    const seqs: [string, string[]][] = [
+    // [name, commands, byte-identical file expected (default true)]
+    const seqs: [string, string[], boolean?][] = [
       ['writes, reads, map, alloc', ['write -P 0xab 0 64k', 'write -z 128k 64k', 'read -P 0xab 0 64k', 'map', 'alloc 0 1M', 'alloc 64k', 'length']],
       ['discard and zero writes', ['discard 0 64k', 'write -z -u 4M 64k', 'map', 'read -P 0 0 64k']],
       ['compressed write', ['write -c -P 0x42 1M 64k', 'read -P 0x42 1M 64k', 'write -c 0 512', 'map']],
+      // QEMU writes a compressed request's clusters as tasks, 8 at a time: the one that fails (its cluster is
+      // allocated) stops none of those started, and one more starts after it; clusters 1-8 of 12 are written.
+      // Not byte-identical: QEMU places the compressed clusters in the order its compression threads finish.
+      [
+        'compressed write over an allocated cluster',
+        ['write -P 1 32M 512', 'write -c -P 0x33 32M 768k', 'read -P 0x33 32832k 512k', 'read -P 0 33344k 192k', 'map'],
+        false,
+      ],
+      ['compressed write of two clusters, the first allocated', ['write -P 1 16M 1', 'write -c -P 0x44 16M 128k', 'read -P 0x44 16448k 64k', 'map']],
       ['partial cluster writes', ['write -P 1 100 1', 'write -P 2 65535 2', 'read -P 2 65535 2', 'read -v 96 16', 'map']],
       ['truncate', ['truncate 128M', 'length', 'write -P 3 127M 64k', 'map']],
       ['aio', ['aio_write -P 7 0 64k', 'aio_write -P 8 64k 64k', 'aio_flush', 'readv -P 7 0 32k 32k', 'readv -P 8 64k 64k']],
       ['info', ['info']],
     ];
-    for (const [name, cmds] of seqs) {
+    for (const [name, cmds, bytes = true] of seqs) {
       it(name, async (ctx) => {
         need(ctx);
         t = await twin(refImages, (d) => ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), join(d, 'std.qcow2')], 'qemu-io');
@@ -494,7 +504,7 @@ describe('qcow2 against QEMU 7.2', () => {
         expect(norm(vm(filterQemuIo(t.b.stdout)))).toBe(norm(vm(filterQemuIo(t.q.stdout))));
         expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr, 'qemu-io'));
         expect(t.b.status).toBe(t.q.status);
-        expectSameFile(t, 'std.qcow2');
+        expectSameFile(t, 'std.qcow2', { bytes });
       });
     }
     it('-C: copy-on-read fills the overlay from its backing file (needs @blockgraph/filter-cor)', async (ctx) => {

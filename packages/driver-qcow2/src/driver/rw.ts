@@ -53,6 +53,8 @@ import { runWriteSetup } from './setup.js';
 
 /** Pieces of one request read in parallel (QEMU's task pool uses 8). */
 const MAX_PARALLEL = 16;
+/** QEMU's QCOW2_MAX_WORKERS: compressed clusters written at once by one request. */
+const MAX_COMPRESSED_TASKS = 8;
 
 async function settle(ps: Promise<void>[]): Promise<void> {
   let err: unknown;
@@ -503,10 +505,24 @@ export async function pwritevCompressed(s: Qcow2State, offset: number, bytes: nu
   if (bytes % cs && offset + bytes !== s.size) {
     throw new BlockError('EINVAL', 'qcow2: compressed writes must cover whole clusters');
   }
-  for (let done = 0; done < bytes; done += cs) {
+  // QEMU writes the clusters as tasks of a pool of QCOW2_MAX_WORKERS (qcow2_co_pwritev_compressed_part()). Every
+  // task starts by compressing, so all of the first eight start before any fails (a cluster that is already
+  // allocated, say), and the others still write theirs; the loop checks for a failure only before it waits for a
+  // free slot, so one more task may start after it. The request fails with the first error, once all have ended.
+  const running = new Set<Promise<void>>();
+  let failure: { error: unknown } | null = null;
+  for (let done = 0; done < bytes && !failure; done += cs) {
+    if (running.size >= MAX_COMPRESSED_TASKS) await Promise.race(running);
     const n = Math.min(cs, bytes - done);
-    await compressedCluster(s, offset + done, n, qiov.slice(done, n));
+    const task: Promise<void> = compressedCluster(s, offset + done, n, qiov.slice(done, n))
+      .catch((error: unknown) => {
+        failure ??= { error };
+      })
+      .finally(() => running.delete(task));
+    running.add(task);
   }
+  await Promise.all(running);
+  if (failure) throw (failure as { error: unknown }).error;
 }
 
 // --- block status ---------------------------------------------------------------------------------------------
