@@ -515,6 +515,21 @@ describe('qcow2 against QEMU 7.2', () => {
       expect(t.b.status).toBe(t.q.status);
       expectSameFile(t, 'overlay.qcow2');
     });
+    it('zero writes of part of a cluster over a raw backing file: a zero cluster where the rest reads as zeroes', async (ctx) => {
+      need(ctx);
+      // 2M, 3M: holes in the (shorter) raw backing file; 70M: past its end; 4M: its data (a normal write of zeroes).
+      const cmds = ['write -z 2M 512', 'write -z -u 3M 100', 'write -z 70M 4k', 'write -z 4M 512', 'map', 'read -P 0 4M 512', 'read -P 0xcd 4195328 512'];
+      // Built in place, not copied from a template: a copy would fill the backing file's holes.
+      const setup = (d: string) => {
+        must('qemu-img', 'create', '-q', '-f', 'raw', join(d, 'b.raw'), '64M');
+        must('qemu-io', '-f', 'raw', '-c', 'write -P 0xab 0 1M', '-c', 'write -P 0xcd 4M 64k', join(d, 'b.raw'));
+        must('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'b.raw', '-F', 'raw', join(d, 'rawov.qcow2'), '80M');
+      };
+      t = await twin(setup, (d) => ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), join(d, 'rawov.qcow2')], 'qemu-io');
+      expect(filterQemuIo(t.b.stdout)).toBe(filterQemuIo(t.q.stdout));
+      expect(t.b.status).toBe(t.q.status);
+      expectSameFile(t, 'rawov.qcow2');
+    });
     it('overlay: reads fall through to the backing file', async (ctx) => {
       need(ctx);
       t = await twin(refImages, (d) => ['-f', 'qcow2', '-c', 'read -P 0x11 0 64k', '-c', 'read -P 0x22 64k 64k', '-c', 'map', '-c', 'alloc 0 2M', join(d, 'overlay.qcow2')], 'qemu-io');

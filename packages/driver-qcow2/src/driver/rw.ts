@@ -376,11 +376,21 @@ export async function pwritev(s: Qcow2State, offset: number, bytes: number, qiov
 
 // --- zero writes and discards ---------------------------------------------------------------------------------
 
-/** bdrv_co_is_zero_fast() on this node and its backing chain. */
+/**
+ * qcow2.c's is_zero(): does the range read as zeroes through the whole backing chain? Asked with want_zero, so
+ * that a hole in a raw backing file counts (without it the file driver reports plain data), clamped to the image
+ * length, and in a loop: zeroes of different kinds (unallocated in the whole chain, past the end of a short
+ * backing file) come as separate extents.
+ */
 async function isZero(s: Qcow2State, offset: number, bytes: number): Promise<boolean> {
-  if (bytes === 0) return true;
-  const r = await blockStatusAbove(s.node, undefined, false, false, offset, bytes);
-  return (r.ret & BlockStatus.ZERO) !== 0 && r.pnum >= bytes;
+  bytes = Math.min(bytes, Math.max(0, s.node.totalBytes - offset));
+  while (bytes > 0) {
+    const r = await blockStatusAbove(s.node, undefined, false, true, offset, bytes);
+    if (!(r.ret & BlockStatus.ZERO) || r.pnum === 0) return false;
+    offset += r.pnum;
+    bytes -= r.pnum;
+  }
+  return true;
 }
 
 export async function pwriteZeroes(s: Qcow2State, offset: number, bytes: number, flags: ReqFlags): Promise<void> {
