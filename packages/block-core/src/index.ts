@@ -34,5 +34,5 @@ export { RateLimit } from './ratelimit.js';
 export { WaitQueue, ConditionWaiter, sleep } from './wait-queue.js';
 export { onTrace, trace, traceEnabled, type TraceListener } from './trace.js';
 export { parseJsonFilename, resolveRelativeFilename } from './filename.js';
-export { alignDown, alignUp, sectorRound, MAX_LENGTH, MAX_BOUNCE_BUFFER } from './io.js';
+export { alignDown, alignUp, sectorRound, truncateFlags, MAX_LENGTH, MAX_BOUNCE_BUFFER } from './io.js';
 export { allocAlignedBuffer, isAlignedBuffer } from './aligned.js';

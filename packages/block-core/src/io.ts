@@ -556,6 +556,16 @@ export async function flush(node: BlockNode): Promise<void> {
 
 // --- truncate --------------------------------------------------------------------------------------------
 
+/**
+ * The flags of a resize of `node` to `offset` as bdrv_co_truncate() completes them: ZERO_WRITE when the node grows
+ * and its backing file is longer than it was, so that the grown area reads as zeroes and not as what the backing
+ * file holds there. For drivers that resize themselves outside truncate() (qcow2's amend and snapshot goto).
+ */
+export function truncateFlags(node: BlockNode, offset: number, flags: ReqFlags): ReqFlags {
+  const backing = node.backing;
+  return offset > node.totalBytes && backing && backing.node.totalBytes > node.totalBytes ? flags | ReqFlag.ZERO_WRITE : flags;
+}
+
 export async function truncate(child: Child, offset: number, exact: boolean, prealloc: PreallocMode, flags: ReqFlags): Promise<void> {
   const node = child.node;
   checkNodeOpen(node);
@@ -568,8 +578,10 @@ export async function truncate(child: Child, offset: number, exact: boolean, pre
   const impl = node.impl;
   const forward = !impl.truncate && node.isFilter ? node.filteredChild() : undefined;
   if (!impl.truncate && !forward) throw new BlockError('ENOTSUP', 'Image format driver does not support resize');
-  node.inFlight++;
   const oldSize = node.totalBytes;
+  flags = truncateFlags(node, offset, flags);
+  if (impl.truncate && flags & ~node.supportedTruncateFlags) throw new BlockError('ENOTSUP', 'Block driver does not support requested flags');
+  node.inFlight++;
   const from = Math.min(oldSize, offset);
   const req = trackRequest(node, from, MAX_LENGTH - from, 'truncate');
   req.changesData = true;

@@ -53,6 +53,7 @@ export class BlockNode implements ChildParent {
   supportedReadFlags = 0;
   supportedWriteFlags = 0;
   supportedZeroFlags = 0;
+  supportedTruncateFlags = 0;
 
   readonly tracked = new TrackedList();
   serialisingInFlight = 0;
@@ -170,6 +171,7 @@ export class BlockNode implements ChildParent {
     this.supportedReadFlags = this.impl.supportedReadFlags ?? 0;
     this.supportedWriteFlags = this.impl.supportedWriteFlags ?? 0;
     this.supportedZeroFlags = this.impl.supportedZeroFlags ?? 0;
+    this.supportedTruncateFlags = this.impl.supportedTruncateFlags ?? 0;
     this.capabilities = { ...this.driver.capabilities, ...this.impl.capabilities };
   }
 

@@ -176,6 +176,12 @@ export interface BlockDriverInstance {
   readonly supportedWriteFlags?: ReqFlags;
   readonly supportedZeroFlags?: ReqFlags;
   /**
+   * Flags `truncate()` honours; only ZERO_WRITE means anything (the grown area reads as zeroes, whatever is below
+   * or behind it). The core asks for it when a node grows over a longer backing file, and refuses a resize with a
+   * flag the driver does not declare (QEMU's supported_truncate_flags).
+   */
+  readonly supportedTruncateFlags?: ReqFlags;
+  /**
    * A child changed size (someone resized the node below). Drivers whose size follows a child's (raw without
    * a window) update themselves here; the core then re-reads `getLength()` if it answers synchronously.
    */

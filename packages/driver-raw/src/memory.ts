@@ -138,6 +138,8 @@ export function deleteMemoryStore(name: string): boolean {
 
 class MemoryInstance implements BlockDriverInstance {
   readonly supportedZeroFlags = ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK;
+  /** A store grows by zeroes. */
+  readonly supportedTruncateFlags = ReqFlag.ZERO_WRITE;
 
   constructor(
     readonly store: MemoryStore,

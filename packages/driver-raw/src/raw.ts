@@ -50,6 +50,11 @@ class RawInstance implements BlockDriverInstance {
     this.size = size;
   }
 
+  /** raw_open(): whatever of ZERO_WRITE the child honours, for truncate() passes the flags down. */
+  get supportedTruncateFlags(): ReqFlags {
+    return this.file.node.supportedTruncateFlags & ReqFlag.ZERO_WRITE;
+  }
+
   /** The child's capabilities, minus resizing when a window fixes the size. */
   get capabilities(): Partial<DriverCapabilities> {
     const c = this.file.node.capabilities;

@@ -63,6 +63,9 @@ export class Qcow2Instance implements BlockDriverInstance {
     };
   }
 
+  /** qcow2_co_truncate() zeroes the grown area (zero clusters where it can) when asked. */
+  readonly supportedTruncateFlags = ReqFlag.ZERO_WRITE;
+
   get supportedZeroFlags(): ReqFlags {
     return this.state.version >= 3 ? ReqFlag.MAY_UNMAP | ReqFlag.NO_FALLBACK : 0;
   }

@@ -1,4 +1,4 @@
-import { BlockError, sectorRound, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
+import { BlockError, sectorRound, truncateFlags, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
 import { runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 
@@ -38,7 +38,7 @@ export async function locked<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T>
  * pipeline does after a truncate (new node size, dirty bitmaps, parents told).
  */
 export async function resizeFromDriver(s: Qcow2State, truncate: TruncateFn, size: number): Promise<void> {
-  await truncate(size, true, 'off', 0);
+  await truncate(size, true, 'off', truncateFlags(s.node, size, 0));
   const node = s.node;
   node.totalBytes = sectorRound(s.size);
   node.writeGen++;

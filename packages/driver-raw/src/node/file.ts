@@ -150,6 +150,8 @@ class FileInstance implements BlockDriverInstance {
   readonly filename: string;
   readOnly: boolean;
   readonly capabilities: Partial<DriverCapabilities> = NO_HELPER_CAPABILITIES;
+  /** A regular file grows by zeroes (file-posix declares this for S_ISREG; nothing else opens here). */
+  readonly supportedTruncateFlags = ReqFlag.ZERO_WRITE;
   lock: ImageLock | null = null;
   /** errno text of a failed fdatasync: the page cache may now be inconsistent, every later flush fails. */
   pageCacheInconsistent: unknown = null;
