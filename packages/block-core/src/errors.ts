@@ -71,6 +71,14 @@ export class BlockError extends Error {
   }
 }
 
+/**
+ * QEMU's error_setg_errno(): "<prefix>: <strerror>", keeping the code of `e` (a BlockError; anything else is
+ * returned as it is).
+ */
+export function errnoError(e: unknown, prefix: string): unknown {
+  return isBlockError(e) ? new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e }) : e;
+}
+
 export function isBlockError(e: unknown, code?: BlockErrorCode): e is BlockError {
   return e instanceof BlockError && (code === undefined || e.code === code);
 }

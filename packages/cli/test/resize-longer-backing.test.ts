@@ -16,6 +16,7 @@ function images(d: string): void {
   must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'base.qcow2'), '32M');
   must('qemu-io', '-f', 'qcow2', '-c', 'write -P 0x77 24M 8M', join(d, 'base.qcow2'));
   must('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b', 'base.qcow2', '-F', 'qcow2', join(d, 'ov.qcow2'), '24M');
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', '-b', 'base.qcow2', '-F', 'qcow2', join(d, 'ov2.qcow2'), '24M');
 }
 
 describe('growing an overlay over a longer backing file', () => {
@@ -49,4 +50,20 @@ describe('growing an overlay over a longer backing file', () => {
       }
     });
   }
+
+  it('a compat=0.10 overlay cannot: no zero clusters in v2, so the resize fails as in QEMU and changes nothing', async (ctx) => {
+    need(ctx);
+    const t = await twin(images, (d) => ['resize', '-f', 'qcow2', join(d, 'ov2.qcow2'), '+64k']);
+    try {
+      expect({ status: t.b.status, stdout: t.b.stdout, stderr: t.b.stderr }).toEqual({
+        status: t.q.status,
+        stdout: t.q.stdout,
+        stderr: normaliseStderr(t.q.stderr),
+      });
+      expect(t.q.stderr).toBe('qemu-img: Failed to zero out new clusters: Operation not supported\n');
+      expect(readFileSync(join(t.bdir, 'ov2.qcow2')).equals(readFileSync(join(t.qdir, 'ov2.qcow2'))), 'byte-identical').toBe(true);
+    } finally {
+      t.cleanup();
+    }
+  });
 });

@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, isBlockError } from '@blockgraph/block-core';
+import { BlockError, errnoError } from '@blockgraph/block-core';
 import {
   QCOW_MAX_REFTABLE_SIZE,
   getRefcount as getRefcountEntry,
@@ -21,10 +21,6 @@ import { DiscardType, type Qcow2State } from './state.js';
  */
 
 type FinishOp = (reftableIndex: number, block: Uint8Array | null, empty: boolean) => Promise<void>;
-
-function errno(e: unknown, prefix: string): unknown {
-  return isBlockError(e) ? new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e }) : e;
-}
 
 export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progress?: (done: number, total: number) => void): Promise<void> {
   const cs = s.clusterSize;
@@ -113,7 +109,7 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
       try {
         newTable[ti] = await allocClusters(s, cs);
       } catch (e) {
-        throw errno(e, 'Failed to allocate refblock');
+        throw errnoError(e, 'Failed to allocate refblock');
       }
       allocated = true;
     }
@@ -125,12 +121,12 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
       try {
         await preWriteOverlapCheck(s, 0, offset, cs, false);
       } catch (e) {
-        throw errno(e, 'Overlap check failed');
+        throw errnoError(e, 'Overlap check failed');
       }
       try {
         await s.writeFile(offset, block!.slice());
       } catch (e) {
-        throw errno(e, 'Failed to write refblock');
+        throw errnoError(e, 'Failed to write refblock');
       }
     } else if (!empty) {
       throw new BlockError('EIO', 'qcow2: internal error: a non-empty refcount block has no cluster');
@@ -149,7 +145,7 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
           newTableOffset = await allocClusters(s, newTable.length * 8);
         } catch (e) {
           newTableOffset = 0;
-          throw errno(e, 'Failed to allocate the new reftable');
+          throw errnoError(e, 'Failed to allocate the new reftable');
         }
         allocatedTableSize = newTable.length;
       }
@@ -166,17 +162,17 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
     try {
       await preWriteOverlapCheck(s, 0, newTableOffset, raw.length, false);
     } catch (e) {
-      throw errno(e, 'Overlap check failed');
+      throw errnoError(e, 'Overlap check failed');
     }
     try {
       await s.writeFile(newTableOffset, raw);
     } catch (e) {
-      throw errno(e, 'Failed to write the new reftable');
+      throw errnoError(e, 'Failed to write the new reftable');
     }
     try {
       await s.refCache.flush();
     } catch (e) {
-      throw errno(e, 'Failed to flush the refblock cache');
+      throw errnoError(e, 'Failed to flush the refblock cache');
     }
 
     // The switch: one header rewrite names the new table and width.
@@ -193,7 +189,7 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
       h.refcountOrder = oldOrder;
       s.reftable = oldTable;
       s.reftableOffset = oldOffset;
-      throw errno(e, 'Failed to update the qcow2 header');
+      throw errnoError(e, 'Failed to update the qcow2 header');
     }
     switched = true;
     s.g = headerGeometry(h);

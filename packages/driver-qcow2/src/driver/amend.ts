@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, camelCase, isBlockError, type OptionSchema, type Options } from '@blockgraph/block-core';
+import { BlockError, camelCase, errnoError, isBlockError, type OptionSchema, type Options } from '@blockgraph/block-core';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -58,10 +58,6 @@ function einval(message: string): BlockError {
   return new BlockError('EINVAL', message);
 }
 
-/** error_setg_errno(): "<prefix>: <strerror>". */
-function errno(e: unknown, prefix: string): unknown {
-  return isBlockError(e) ? new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e }) : e;
-}
 
 /** Flatten nested `{ encrypt: { keyslot } }` into `encrypt.keyslot` and accept snake/kebab spellings. */
 function flatten(o: Options): Map<string, unknown> {
@@ -168,7 +164,7 @@ export async function amendImage(s: Qcow2State, options: Options, hooks: AmendHo
     try {
       await updateHeader(s);
     } catch (e) {
-      throw errno(e, 'Failed to update the image header');
+      throw errnoError(e, 'Failed to update the image header');
     }
 
     if (backingFile !== undefined || backingFormat !== undefined) {
@@ -187,21 +183,21 @@ export async function amendImage(s: Qcow2State, options: Options, hooks: AmendHo
           await updateHeader(s);
         } catch (e) {
           h.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
-          throw errno(e, 'Failed to update the image header');
+          throw errnoError(e, 'Failed to update the image header');
         }
         s.useLazyRefcounts = true;
       } else {
         try {
           await markClean(s);
         } catch (e) {
-          throw errno(e, 'Failed to make the image clean');
+          throw errnoError(e, 'Failed to make the image clean');
         }
         h.compatibleFeatures &= ~COMPAT_LAZY_REFCOUNTS;
         try {
           await updateHeader(s);
         } catch (e) {
           h.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
-          throw errno(e, 'Failed to update the image header');
+          throw errnoError(e, 'Failed to update the image header');
         }
         s.useLazyRefcounts = false;
       }
@@ -224,7 +220,7 @@ async function upgrade(s: Qcow2State): Promise<void> {
     try {
       await writeSnapshots(s);
     } catch (e) {
-      throw errno(e, 'Failed to update the snapshot table');
+      throw errnoError(e, 'Failed to update the snapshot table');
     }
   }
   setVersion(s, 3);
@@ -232,7 +228,7 @@ async function upgrade(s: Qcow2State): Promise<void> {
     await updateHeader(s);
   } catch (e) {
     setVersion(s, 2);
-    throw errno(e, 'Failed to update the image header');
+    throw errnoError(e, 'Failed to update the image header');
   }
 }
 
@@ -260,7 +256,7 @@ async function downgrade(s: Qcow2State, hooks: AmendHooks): Promise<void> {
     try {
       await markClean(s);
     } catch (e) {
-      throw errno(e, 'Failed to make the image clean');
+      throw errnoError(e, 'Failed to make the image clean');
     }
   }
   const incompat = h.incompatibleFeatures & ~INCOMPAT_COMPRESSION;
@@ -276,7 +272,7 @@ async function downgrade(s: Qcow2State, hooks: AmendHooks): Promise<void> {
   try {
     await expandZeroClusters(s, hooks);
   } catch (e) {
-    const failed = errno(e, 'Failed to turn zero into data clusters');
+    const failed = errnoError(e, 'Failed to turn zero into data clusters');
     const reported = (e as { reported?: string[] }).reported;
     throw reported && isBlockError(failed) ? withReports(failed, reported) : failed;
   }
@@ -300,7 +296,7 @@ async function downgrade(s: Qcow2State, hooks: AmendHooks): Promise<void> {
     await updateHeader(s);
   } catch (e) {
     setVersion(s, 3);
-    throw errno(e, 'Failed to update the image header');
+    throw errnoError(e, 'Failed to update the image header');
   }
   s.node.refreshLimits();
 }

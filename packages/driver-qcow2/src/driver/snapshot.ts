@@ -1,4 +1,4 @@
-import { BlockError, STRERROR, isBlockError, type BlockErrorCode, type SnapshotInfo } from '@blockgraph/block-core';
+import { BlockError, errnoError, isBlockError, STRERROR, type BlockErrorCode, type SnapshotInfo } from '@blockgraph/block-core';
 import {
   ICOUNT_NONE,
   QCOW_MAX_L1_SIZE,
@@ -322,7 +322,7 @@ export async function deleteSnapshot(s: Qcow2State, id: string | undefined, name
     await writeSnapshots(s);
   } catch (e) {
     s.snapshots = old;
-    throw prefixed(e, 'Failed to remove snapshot from snapshot list');
+    throw errnoError(e, 'Failed to remove snapshot from snapshot list');
   }
   await refreshInactiveL2(s);
   s.metadataPreallocation = null;
@@ -331,19 +331,14 @@ export async function deleteSnapshot(s: Qcow2State, id: string | undefined, name
   try {
     await updateSnapshotRefcount(s, sn.l1TableOffset, sn.l1Size, -1);
   } catch (e) {
-    throw prefixed(e, 'Failed to free the cluster and L1 table');
+    throw errnoError(e, 'Failed to free the cluster and L1 table');
   }
   await freeClusters(s, sn.l1TableOffset, sn.l1Size * 8, DiscardType.SNAPSHOT);
   try {
     await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, 0);
   } catch (e) {
-    throw prefixed(e, 'Failed to update snapshot status in disk');
+    throw errnoError(e, 'Failed to update snapshot status in disk');
   }
   s.trace('snapshot_delete', { id: sn.id, name: sn.name });
 }
 
-/** error_setg_errno(): "<prefix>: <strerror>". */
-function prefixed(e: unknown, prefix: string): unknown {
-  if (!isBlockError(e)) return e;
-  return new BlockError(e.code, `${prefix}: ${STRERROR[e.code]}`, { cause: e });
-}

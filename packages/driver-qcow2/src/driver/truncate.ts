@@ -1,4 +1,4 @@
-import { BlockError, ReqFlag, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
+import { BlockError, errnoError, ReqFlag, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
 import { performCow } from './rw.js';
 import { HeaderOffset, l1EntriesForSize } from '../format/index.js';
 import { clusterDiscard, finishL2Meta, linkL2, subclusterZeroize, allocHostOffset, abortL2Meta } from './cluster.js';
@@ -158,12 +158,20 @@ export async function truncateImage(
     const sizeBefore = s.size;
     s.size = offset;
     try {
-      if (offset > zeroStart) await subclusterZeroize(s, zeroStart, offset - zeroStart, false);
+      if (offset > zeroStart) {
+        try {
+          await subclusterZeroize(s, zeroStart, offset - zeroStart, false);
+        } catch (e) {
+          throw errnoError(e, 'Failed to zero out new clusters');
+        }
+      }
       if (zeroStart > oldLength) {
         const len = Math.min(zeroStart, offset) - oldLength;
         s.lock.unlock();
         try {
           await writeZeroData(oldLength, len);
+        } catch (e) {
+          throw errnoError(e, 'Failed to zero out the new area');
         } finally {
           await s.lock.lock();
         }
