@@ -58,7 +58,6 @@ function einval(message: string): BlockError {
   return new BlockError('EINVAL', message);
 }
 
-
 /** Flatten nested `{ encrypt: { keyslot } }` into `encrypt.keyslot` and accept snake/kebab spellings. */
 function flatten(o: Options): Map<string, unknown> {
   const out = new Map<string, unknown>();

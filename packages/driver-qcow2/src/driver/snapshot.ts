@@ -341,4 +341,3 @@ export async function deleteSnapshot(s: Qcow2State, id: string | undefined, name
   }
   s.trace('snapshot_delete', { id: sn.id, name: sn.name });
 }
-
