@@ -110,6 +110,13 @@ function runOnce(argv, w, paths) {
   return seconds;
 }
 
+/** The blockgraph side of a workload: `blockgraph ARGS`, or a reference program in its place (oursCmd). */
+function oursArgv(w, paths) {
+  if (!w.oursCmd) return [process.execPath, BIN, ...substitute(w.ours, paths)];
+  const [program, ...args] = substitute(w.oursCmd, paths);
+  return [program === 'node' ? process.execPath : program, ...args];
+}
+
 function fmt(s) {
   return s < 10 ? s.toFixed(3) : s.toFixed(2);
 }
@@ -142,7 +149,7 @@ async function main() {
     spawnSync('sync');
     for (const w of workloads) {
       const qemu = substitute(w.qemu, paths);
-      const ours = [process.execPath, BIN, ...substitute(w.ours, paths)];
+      const ours = oursArgv(w, paths);
       // One untimed warm-up of each (page cache, first-run effects).
       runOnce(qemu, w, paths);
       runOnce(ours, w, paths);
@@ -276,7 +283,7 @@ function report(results, memoryResults, latencyResult, machine, ver, opts) {
     lines.push(`### ${r.w.id}`, '', r.w.title, '', '```sh');
     for (const cmd of r.w.prepare ?? []) lines.push(`${cmd.join(' ')}   # before each run`);
     const pre = r.w.metric === 'maxrss' ? `${TIME} -f %M ` : '';
-    lines.push(pre + r.w.qemu.join(' '), `${pre}blockgraph ${r.w.ours.join(' ')}`);
+    lines.push(pre + r.w.qemu.join(' '), pre + (r.w.oursCmd ? r.w.oursCmd.join(' ') : `blockgraph ${r.w.ours.join(' ')}`));
     if (r.w.baseline) lines.push(`${pre}blockgraph ${r.w.baseline.join(' ')}   # fixed overhead`);
     if (r.w.reference) lines.push(`${pre}blockgraph ${r.w.reference.join(' ')}   # empty image`);
     lines.push('```', '');
