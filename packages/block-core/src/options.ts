@@ -14,8 +14,11 @@ export type OptionSpec =
   | { type: 'enum'; values: readonly string[]; description?: string; required?: boolean; default?: string }
   /** A child reference: a node name or a nested options object (QAPI BlockdevRef). */
   | { type: 'ref'; description?: string; required?: boolean; nullable?: boolean }
-  /** Free-form nested object, validated by the driver itself. */
-  | { type: 'object'; description?: string; required?: boolean };
+  /**
+   * A nested object: free-form and validated by the driver itself, or, with `fields`, a group of dotted options
+   * (`encrypt.format`, `encrypt.key-secret`) validated here like top-level ones.
+   */
+  | { type: 'object'; description?: string; required?: boolean; fields?: OptionSchema };
 
 export type OptionSchema = Readonly<Record<string, OptionSpec>>;
 export type Options = Record<string, unknown>;
@@ -107,7 +110,12 @@ function describe(spec: OptionSpec): string {
   }
 }
 
-export function convertOption(name: string, spec: OptionSpec, value: unknown): unknown {
+export function convertOption(
+  name: string,
+  spec: OptionSpec,
+  value: unknown,
+  unknown: (key: string) => string = (k) => `Invalid parameter '${k}'`,
+): unknown {
   const bad = (): never => {
     throw new BlockError('EINVAL', `Parameter '${kebabCase(name)}' expects ${describe(spec)}`);
   };
@@ -146,8 +154,10 @@ export function convertOption(name: string, spec: OptionSpec, value: unknown): u
       if (typeof value === 'string' || (typeof value === 'object' && value !== null && !Array.isArray(value))) return value;
       return bad();
     case 'object':
-      if (typeof value === 'object' && value !== null) return value;
-      return bad();
+      if (typeof value !== 'object' || value === null) return bad();
+      if (!spec.fields) return value;
+      if (Array.isArray(value)) return bad();
+      return validateFields(spec.fields, value as Options, `${name}.`, unknown);
   }
 }
 
@@ -161,17 +171,22 @@ export function validateOptions(
   options: Options,
   unknown: (key: string) => string = (k) => `Invalid parameter '${k}'`,
 ): Options {
+  return validateFields(schema, options, '', unknown);
+}
+
+/** validateOptions() for the options under `prefix` (`encrypt.`), named in messages by their dotted path. */
+function validateFields(schema: OptionSchema, options: Options, prefix: string, unknown: (key: string) => string): Options {
   const out: Options = {};
   for (const [key, value] of Object.entries(options)) {
     const spec = Object.hasOwn(schema, key) ? schema[key] : undefined;
-    if (!spec) throw new BlockError('EINVAL', unknown(kebabCase(key)));
+    if (!spec) throw new BlockError('EINVAL', unknown(kebabCase(prefix + key)));
     if (value === undefined) continue;
-    out[key] = convertOption(key, spec, value);
+    out[key] = convertOption(prefix + key, spec, value, unknown);
   }
   for (const [key, spec] of Object.entries(schema)) {
     if (out[key] !== undefined) continue;
     if ('default' in spec && spec.default !== undefined) out[key] = spec.default;
-    else if (spec.required) throw new BlockError('EINVAL', `Parameter '${kebabCase(key)}' is required`);
+    else if (spec.required) throw new BlockError('EINVAL', `Parameter '${kebabCase(prefix + key)}' is required`);
   }
   return out;
 }

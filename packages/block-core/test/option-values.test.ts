@@ -4,7 +4,17 @@
  * the same text (the CLI's create tests replay a set of them against qemu-img itself).
  */
 import { describe, expect, it } from 'vitest';
-import { convertOption, parseQemuBool, parseQemuI64, parseQemuInteger, parseQemuSize, parseQemuU64, parseSize } from '../src/index.js';
+import {
+  convertOption,
+  normaliseOptions,
+  parseQemuBool,
+  parseQemuI64,
+  parseQemuInteger,
+  parseQemuSize,
+  parseQemuU64,
+  parseSize,
+  validateOptions,
+} from '../src/index.js';
 
 describe('sizes (qemu_strtosz)', () => {
   const ok = (s: string, v: bigint) => expect(parseQemuSize(s)).toMatchObject({ ok: true, value: v });
@@ -100,5 +110,33 @@ describe('parseQemuInteger', () => {
     expect(parseQemuInteger('-9007199254740991')).toBe(-9007199254740991);
     expect(parseQemuInteger('9007199254740992')).toBeNaN();
     expect(parseQemuInteger('1.0')).toBeNaN();
+  });
+});
+
+describe('grouped options (an object spec with fields)', () => {
+  const schema = {
+    size: { type: 'size' },
+    encrypt: {
+      type: 'object',
+      fields: { format: { type: 'string' }, keySecret: { type: 'string', required: true }, iterTime: { type: 'integer', default: 2000 } },
+    },
+    rules: { type: 'object' },
+  } as const;
+  it('are converted, defaulted and checked like top-level options, from dotted keys', () => {
+    const o = validateOptions(schema, normaliseOptions({ size: '1M', 'encrypt.format': 'luks', 'encrypt.key-secret': 's0' }));
+    expect(o).toEqual({ size: 1048576, encrypt: { format: 'luks', keySecret: 's0', iterTime: 2000 } });
+    expect(validateOptions(schema, normaliseOptions({ 'encrypt.key-secret': 's0', 'encrypt.iter-time': '0x10' }))).toEqual({
+      encrypt: { keySecret: 's0', iterTime: 16 },
+    });
+  });
+  it('are named by their dotted path in errors', () => {
+    const err = (o: Record<string, unknown>) => () => validateOptions(schema, normaliseOptions(o));
+    expect(err({ 'encrypt.key-secret': 's0', 'encrypt.cipher': 'x' })).toThrow("Invalid parameter 'encrypt.cipher'");
+    expect(err({ 'encrypt.key-secret': 's0', 'encrypt.iter-time': 'abc' })).toThrow("Parameter 'encrypt.iter-time' expects an integer");
+    expect(err({ 'encrypt.format': 'luks' })).toThrow("Parameter 'encrypt.key-secret' is required");
+    expect(err({ encrypt: ['luks'] })).toThrow("Parameter 'encrypt' expects an object");
+  });
+  it('an object spec without fields stays free-form (lists too)', () => {
+    expect(validateOptions(schema, { rules: [{ event: 'read_aio' }] })).toEqual({ rules: [{ event: 'read_aio' }] });
   });
 });

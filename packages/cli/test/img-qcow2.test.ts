@@ -254,6 +254,80 @@ describe('qcow2 against QEMU 7.2', () => {
     }
   });
 
+  describe('encryption options: named, typed and checked as qemu-img does, then refused (blockgraph does not encrypt)', () => {
+    // Everything QEMU refuses before it needs a secret: the same status, output and messages, and no file left.
+    const opts = [
+      'encrypt.format=luks',
+      'encrypt.format=aes',
+      'encryption=on',
+      'encryption=off',
+      'encrypt.key-secret=s0',
+      'encrypt.iter-time=10,encrypt.format=luks',
+      'encrypt.iter-time=abc',
+      'encrypt.format=foo',
+      'encryption=on,encrypt.format=luks',
+      'encryption=off,encrypt.format=luks',
+      'encrypt.format=luks,cluster_size=3',
+      'encrypt.key-secret=s0,cluster_size=3',
+      'encrypt_format=luks',
+      'encrypt.foo=1',
+      'cluster-size=4k',
+    ];
+    for (const o of opts) {
+      it(`create -o ${o}`, async (ctx) => {
+        need(ctx);
+        t = await sub('create', ['-f', 'qcow2', '-o', o, 'x.qcow2', '1M']);
+        expectSame(t);
+        expectSameFile(t, 'x.qcow2');
+      });
+    }
+    const others: [string, string[]][] = [
+      ['convert', ['-O', 'qcow2', '-o', 'encrypt.format=luks', 'std.qcow2', 'x.qcow2']],
+      ['convert', ['-O', 'qcow2', '-o', 'encrypt.format=aes,encryption=on', 'std.qcow2', 'x.qcow2']],
+      ['measure', ['-O', 'qcow2', '-o', 'encrypt.format=luks', '--size', '1G']],
+      ['measure', ['-O', 'qcow2', '-o', 'encrypt.format=aes', '--size', '1G']],
+      ['measure', ['-O', 'qcow2', '-o', 'encryption=on', '--size', '1G']],
+      ['measure', ['-O', 'qcow2', '-o', 'encrypt.format=foo,encrypt.iter-time=5', 'std.qcow2']],
+      ['measure', ['-O', 'qcow2', '-o', 'encrypt_format=luks', '--size', '1G']],
+      ['amend', ['-o', 'encrypt.format=luks', 'std.qcow2']],
+      ['amend', ['-o', 'encrypt.iter-time=10', 'std.qcow2']],
+      ['amend', ['-o', 'encrypt.keyslot=1,encrypt.state=active', 'std.qcow2']],
+      ['amend', ['-o', 'compat=1.1,encrypt.cipher-alg=aes-128', 'std.qcow2']],
+      ['amend', ['-o', 'compat=1.1,foo=1', 'std.qcow2']],
+      ['amend', ['-o', 'lazy-refcounts=on', 'std.qcow2']],
+    ];
+    for (const [cmd, args] of others) {
+      it(`${cmd} ${args.join(' ')}`, async (ctx) => {
+        need(ctx);
+        t = await sub(cmd, args);
+        expectSame(t);
+        expectSameFile(t, cmd === 'amend' ? 'std.qcow2' : 'x.qcow2');
+      });
+    }
+    // With a secret named, QEMU goes on to look it up ("No secret with id 's0'"); blockgraph stops there.
+    const secret: [string, string[]][] = [
+      ['create', ['-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0', 'x.qcow2', '1M']],
+      ['measure', ['-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0', '--size', '1G']],
+    ];
+    for (const [cmd, args] of secret) {
+      it(`${cmd} ${args.join(' ')}: refused, nothing created`, async (ctx) => {
+        need(ctx);
+        t = await sub(cmd, args);
+        expect(t.q.stderr).toMatch(/No secret with id 's0'/);
+        expect(t.b.status).toBe(t.q.status);
+        expect(t.b.stderr).toMatch(/^blockgraph: (.*x\.qcow2: )?qcow2: encrypted images are not supported\n$/);
+        expectSameFile(t, 'x.qcow2');
+      });
+    }
+    it('-o help lists the encrypt.* options as qemu-img does', async (ctx) => {
+      need(ctx);
+      t = await sub('create', ['-f', 'qcow2', '-o', 'help']);
+      const encryptLines = (out: string) => out.split('\n').filter((l) => /^ {2}encrypt/.test(l));
+      expect(encryptLines(t.q.stdout)).toHaveLength(9);
+      expect(encryptLines(t.b.stdout)).toEqual(encryptLines(t.q.stdout));
+    });
+  });
+
   describe('read-only=on in the image options is honoured: commands that write fail as in QEMU, nothing is written', () => {
     const img = (d: string, extra = '') => `driver=qcow2,file.filename=${join(d, 'std.qcow2')}${extra}`;
     const json = (d: string) => `json:{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"${join(d, 'std.qcow2')}"}}`;

@@ -3,13 +3,13 @@
  * driver's amend(). The options a driver can amend are its `amendOptions` schema when it declares one,
  * else its create options.
  */
-import { camelCase, type BlockDriver, type OptionSchema } from '@blockgraph/block-core';
+import { type BlockDriver, type OptionSchema } from '@blockgraph/block-core';
 import { accumulateOptions, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
 import { CliError, oneLine, usageError, type Ctx } from '../lib/context.js';
-import { entriesToOptions, parseOptValue, snakeCase } from '../lib/create-opts.js';
+import { createOptionList, entriesToOptions, helpLines, optionList, parseCreateOptions } from '../lib/create-opts.js';
 import { errMessage, openImage, parseCacheMode, withGraph } from '../lib/open.js';
 import { createProgress } from '../lib/progress.js';
-import { hasHelpOption, isValidOptionList, parseQemuOpts } from '../lib/qemu-opts.js';
+import { hasHelpOption, isValidOptionList } from '../lib/qemu-opts.js';
 import { formatDriver } from './create.js';
 
 type Amendable = BlockDriver & { amendOptions?: OptionSchema };
@@ -24,17 +24,26 @@ function supportsAmend(d: BlockDriver): boolean {
 }
 
 function amendHelp(d: Amendable): string {
-  const schema = amendSchema(d) ?? {};
-  const lines = Object.entries(schema)
-    .filter(([k]) => k !== 'filename')
-    .map(([k, spec]) => {
-      const type = spec.type === 'boolean' ? 'bool (on/off)' : spec.type === 'integer' ? 'num' : spec.type === 'size' ? 'size' : 'str';
-      let s = `  ${snakeCase(k)}=<${type}>`;
-      if (spec.description) s = `${s.padEnd(24)} - ${spec.description}`;
-      return s;
-    })
-    .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const lines = helpLines(optionList(amendSchema(d) ?? {}));
   return `Amend options for '${d.name}':\n${lines.map((l) => `${l}\n`).join('')}`;
+}
+
+/**
+ * img_amend(): the -o string parsed against the amend options; when that fails but the format's create options
+ * would take the whole string, QEMU's error gets the hint that these are creation options.
+ */
+function parseAmendOptions(d: Amendable, text: string): { key: string; value: string }[] {
+  try {
+    return parseCreateOptions(text, optionList(amendSchema(d) ?? {}));
+  } catch (e) {
+    if (!(e instanceof CliError) || !d.createOptions) throw e;
+    try {
+      parseCreateOptions(text, createOptionList(d));
+    } catch {
+      throw e;
+    }
+    throw new CliError(`${e.message} This option is only supported for image creation`);
+  }
 }
 
 export async function run(ctx: Ctx, argv: string[]): Promise<number> {
@@ -79,17 +88,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         return 0;
       }
       if (!node.impl.amend) throw new CliError(`Format driver '${d.name}' does not support option amendment`);
-      const entries = parseQemuOpts(opts!);
-      const schema = amendSchema(d) ?? {};
-      const names = Object.keys(schema).map(snakeCase);
-      for (const e of entries) {
-        const k = e.key.replace(/-/g, '_');
-        if (!names.includes(k)) {
-          const createOnly = d.createOptions && Object.keys(d.createOptions).map(snakeCase).includes(k);
-          throw new CliError(`Invalid parameter '${e.key}'${createOnly ? ' This option is only supported for image creation' : ''}`);
-        }
-        e.value = parseOptValue(e.key, e.value, schema[camelCase(k)]);
-      }
+      const entries = parseAmendOptions(d, opts!);
       prog.print(0, 0);
       const amendOpts: Record<string, unknown> = entriesToOptions(entries);
       if (force) amendOpts.force = true;

@@ -597,7 +597,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         if (!drv.create || !drv.createOptions) throw new CliError(`Format driver '${outFmt}' does not support image creation`);
         const list = createOptionList(drv);
         entries = parseCreateOptions(opts, [...list, ...createOptionList(graph.registry.get('file'))]);
-        for (const e of entries) given.set(e.key.replace(/-/g, '_'), e.value);
+        for (const e of entries) given.set(e.key, e.value);
         if (outBaseimg !== undefined) {
           if (!list.some(([k]) => k === 'backing_file')) throw new CliError(`Backing file not supported for file format '${outFmt}'`);
           given.set('backing_file', outBaseimg);

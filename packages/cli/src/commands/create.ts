@@ -75,7 +75,7 @@ export async function imgCreate(ctx: Ctx, graph: Graph, spec: ImgCreateSpec): Pr
   const fmtList = createOptionList(drv);
   const entries = parseCreateOptions(spec.options, [...fmtList, ...createOptionList(proto)]);
   const given = new Map<string, string>();
-  for (const e of entries) given.set(e.key.replace(/-/g, '_').replace(/^encrypt_/, 'encrypt.'), e.value);
+  for (const e of entries) given.set(e.key, e.value);
 
   if (given.has('size')) {
     if (spec.size !== undefined) throw new CliError('The image size must be specified only once');

@@ -2,7 +2,7 @@
  * Image creation options the qemu-img way: `-o help` listings (qemu_opts_print_help), the "Formatting ..."
  * line (qemu_opts_print) and the option list handed to the driver's create().
  */
-import { camelCase, parseQemuBool, parseQemuSize, parseQemuU64, type BlockDriver, type OptionSpec } from '@blockgraph/block-core';
+import { camelCase, kebabCase, parseQemuBool, parseQemuSize, parseQemuU64, type BlockDriver, type OptionSchema, type OptionSpec } from '@blockgraph/block-core';
 import { CliError } from './context.js';
 import { parseQemuOpts } from './qemu-opts.js';
 
@@ -24,15 +24,30 @@ function typeName(spec: OptionSpec): string {
   }
 }
 
-/** Options the driver takes at creation, in QEMU's spelling, without the ones the CLI fills in itself. */
+/**
+ * A driver's options in QEMU's spelling (`cluster_size`; grouped ones as QEMU names them, `encrypt.key-secret`),
+ * without the ones the CLI fills in itself.
+ */
+export function optionList(schema: OptionSchema): [string, OptionSpec][] {
+  const list: [string, OptionSpec][] = [];
+  for (const [k, spec] of Object.entries(schema)) {
+    if (k === 'filename') continue;
+    if (spec.type === 'object' && spec.fields) {
+      for (const [f, field] of Object.entries(spec.fields)) list.push([`${snakeCase(k)}.${kebabCase(f)}`, field]);
+    } else {
+      list.push([snakeCase(k), spec]);
+    }
+  }
+  return list;
+}
+
+/** Options the driver takes at creation (optionList()). */
 export function createOptionList(driver: BlockDriver): [string, OptionSpec][] {
-  return Object.entries(driver.createOptions ?? {})
-    .filter(([k]) => k !== 'filename')
-    .map(([k, spec]) => [snakeCase(k), spec]);
+  return optionList(driver.createOptions ?? {});
 }
 
 /** qemu_opts_print_help() lines, sorted. */
-function helpLines(list: [string, OptionSpec][]): string[] {
+export function helpLines(list: [string, OptionSpec][]): string[] {
   const seen = new Set<string>();
   const lines: string[] = [];
   for (const [name, spec] of list) {
@@ -70,6 +85,14 @@ const PRINT_ORDER: Record<string, { order: string[]; defaults: Record<string, st
   qcow2: {
     order: [
       'encryption',
+      'encrypt.format',
+      'encrypt.key-secret',
+      'encrypt.cipher-alg',
+      'encrypt.cipher-mode',
+      'encrypt.ivgen-alg',
+      'encrypt.ivgen-hash-alg',
+      'encrypt.hash-alg',
+      'encrypt.iter-time',
       'cluster_size',
       'extended_l2',
       'preallocation',
@@ -80,14 +103,6 @@ const PRINT_ORDER: Record<string, { order: string[]; defaults: Record<string, st
       'backing_fmt',
       'data_file',
       'data_file_raw',
-      'encrypt.format',
-      'encrypt.key-secret',
-      'encrypt.cipher-alg',
-      'encrypt.cipher-mode',
-      'encrypt.ivgen-alg',
-      'encrypt.ivgen-hash-alg',
-      'encrypt.hash-alg',
-      'encrypt.iter-time',
       'lazy_refcounts',
       'refcount_bits',
       'nocow',
@@ -134,16 +149,17 @@ export function parseOptValue(key: string, value: string, spec: OptionSpec | und
 
 /**
  * qemu_opts_do_parse(): a -o string into entries, in order: each name must be known (else QEMU's "Invalid
- * parameter 'x'"), each value is read by its option's type.
+ * parameter 'x'"), each value is read by its option's type; keys come back as the option's own name.
  */
 export function parseCreateOptions(text: string | undefined, specs: readonly [string, OptionSpec][]): { key: string; value: string }[] {
   if (text === undefined) return [];
   const entries = parseQemuOpts(text);
   for (const e of entries) {
-    const k = e.key.replace(/-/g, '_');
-    const spec = specs.find(([name]) => name === k || name === e.key)?.[1];
-    if (!spec) throw new CliError(`Invalid parameter '${e.key}'`);
-    e.value = parseOptValue(e.key, e.value, spec);
+    // QemuOpts names are exact: `cluster-size` is not `cluster_size`.
+    const found = specs.find(([name]) => name === e.key);
+    if (!found) throw new CliError(`Invalid parameter '${e.key}'`);
+    e.value = parseOptValue(e.key, e.value, found[1]);
+    e.key = found[0];
   }
   return entries;
 }

@@ -82,8 +82,10 @@ export async function measureQcow2(o: Options, source?: BlockNode): Promise<Meas
   const prealloc = o.preallocation === undefined ? 'off' : String(o.preallocation);
   if (!['off', 'metadata', 'falloc', 'full'].includes(prealloc)) throw einval(`invalid parameter value: ${prealloc}`);
   const hasBackingFile = o.backingFile !== undefined;
-  const encrypt = (o.encrypt as Options | undefined)?.format ?? o['encrypt.format'] ?? o.encryptFormat;
-  if (encrypt === 'luks' || o.encryption === true || o.encryption === 'on') {
+  // Only LUKS changes the size (its header); qcow2_measure() needs the secret to lay one out, AES needs nothing.
+  const encrypt = (o.encrypt as Options | undefined) ?? {};
+  if ((encrypt.format ?? o['encrypt.format']) === 'luks') {
+    if ((encrypt.keySecret ?? o['encrypt.keySecret']) === undefined) throw einval("Parameter 'encrypt.key-secret' is required for cipher");
     throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
 
