@@ -34,11 +34,17 @@ import { DiscardType, Overlap, type Qcow2State } from './state.js';
 
 /** The amend options, in QEMU's order (qcow2_amend_opts: encrypt.* then QCOW_COMMON_OPTIONS). */
 export const QCOW2_AMEND_OPTIONS: OptionSchema = {
-  'encrypt.state': { type: 'string', description: 'Select new state of affected keyslots (active/inactive)' },
-  'encrypt.keyslot': { type: 'integer', description: 'Select a single keyslot to modify explicitly' },
-  'encrypt.old-secret': { type: 'string', description: 'Select all keyslots that match this password' },
-  'encrypt.new-secret': { type: 'string', description: 'New secret to set in the matching keyslots. Empty string to erase' },
-  'encrypt.iter-time': { type: 'integer', description: 'Time to spend in PBKDF in milliseconds' },
+  encrypt: {
+    type: 'object',
+    description: 'LUKS keyslot changes',
+    fields: {
+      state: { type: 'string', description: 'Select new state of affected keyslots (active/inactive)' },
+      keyslot: { type: 'integer', description: 'Select a single keyslot to modify explicitly' },
+      oldSecret: { type: 'string', description: 'Select all keyslots that match this password' },
+      newSecret: { type: 'string', description: 'New secret to set in the matching keyslots. Empty string to erase' },
+      iterTime: { type: 'integer', description: 'Time to spend in PBKDF in milliseconds' },
+    },
+  },
   size: { type: 'size', description: 'Virtual disk size' },
   compat: { type: 'string', description: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
   backingFile: { type: 'string', description: 'File name of a base image' },
