@@ -68,12 +68,13 @@ export interface NativeHelper {
   /** fallocate(2) on the thread pool (helpers since 1.2): it can wait for the file system. */
   fallocateAsync?(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /**
-   * fdatasync(2) on a thread of its own, not on libuv's pool (helpers since 1.3): a flush can wait for the disk
-   * for long, and would hold a pool thread that data requests need meanwhile.
+   * fdatasync(2) on a side thread, not on libuv's pool (helpers since 1.3): a flush can wait for the disk for long,
+   * and would hold a pool thread that data requests need meanwhile. Since 1.5 the side threads are a pool of their
+   * own that grows on demand and shrinks when idle (1.3 and 1.4 started a thread per call).
    */
   fdatasyncAsync?(fd: number): Promise<void>;
   /**
-   * sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) on a thread of its own (helpers since 1.4): starts
+   * sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) on a side thread (helpers since 1.4): starts
    * writeback of the dirty pages in the range without waiting for it. length 0 means to the end of the file.
    */
   startWritebackAsync?(fd: number, offset: number, length: number): Promise<void>;
