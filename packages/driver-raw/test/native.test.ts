@@ -160,6 +160,45 @@ describeRequiring('native helper', missingHelper, () => {
     });
   });
 
+  describe('side threads', () => {
+    // In a child process of its own, so that only its flushes count: the side threads are named "blockgraph-side".
+    const script = (addon: string, file: string) => `
+      const m = require(${JSON.stringify(addon)});
+      const fs = require('node:fs');
+      const side = () => fs.readdirSync('/proc/self/task').filter((t) => {
+        try { return fs.readFileSync('/proc/self/task/' + t + '/comm', 'utf8').trim() === 'blockgraph-side'; } catch { return false; }
+      });
+      (async () => {
+        const fd = fs.openSync(${JSON.stringify(file)}, 'w');
+        await m.fdatasyncAsync(fd);
+        const first = side();
+        for (let i = 0; i < 50; i++) await m.fdatasyncAsync(fd);
+        const after = side();
+        await Promise.all(Array.from({ length: 16 }, () => m.fdatasyncAsync(fd)));
+        const burst = side().length;
+        const mixed = await Promise.allSettled([m.fdatasyncAsync(-1), m.fdatasyncAsync(fd), m.startWritebackAsync(fd, 0, 0)]);
+        console.log(JSON.stringify({ first, after, burst, mixed: mixed.map((r) => r.status) }));
+        // Still in flight when the script ends: the process must wait for it, then exit although threads idle on.
+        m.fdatasyncAsync(fd).then(() => console.log('settled'));
+      })();
+    `;
+
+    it('are reused from call to call, grow for concurrent calls, and neither hold the process nor let it leave early', () => {
+      if (process.platform !== 'linux') return;
+      const addon = join(import.meta.dirname, '..', 'native', 'build', 'Release', 'blockgraph_native.node');
+      // Side threads idle for 10 s before they end: a child that exits well within that was not held by them.
+      const out = execFileSync(process.execPath, ['-e', script(addon, join(dir, 'side.img'))], { encoding: 'utf8', timeout: 8000 });
+      const [line, settled] = out.trim().split('\n');
+      const r = JSON.parse(line!) as { first: string[]; after: string[]; burst: number; mixed: string[] };
+      expect(r.first).toHaveLength(1);
+      expect(r.after).toEqual(r.first);
+      expect(r.burst).toBeGreaterThanOrEqual(1);
+      expect(r.burst).toBeLessThanOrEqual(16);
+      expect(r.mixed).toEqual(['rejected', 'fulfilled', 'fulfilled']);
+      expect(settled).toBe('settled');
+    });
+  });
+
   describe('startWritebackAsync and pageCacheStat', () => {
     // cachestat(2) arrived in Linux 6.5; before it pageCacheStat throws ENOSYS and only the kick itself is checked.
     const [major = 0, minor = 0] = release().split('.').map((x) => Number.parseInt(x, 10));

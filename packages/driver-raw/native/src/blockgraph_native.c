@@ -467,7 +467,7 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
  * only starts writeback, but submitting it can wait for the device queue.
  *
  * The side threads are a pool of their own that grows and shrinks as QEMU's thread pool does: a job that finds no
- * idle thread starts one (up to SIDE_MAX_THREADS), and a thread idle for SIDE_IDLE_SECONDS ends. Starting a thread
+ * free thread starts one (up to SIDE_MAX_THREADS), and a thread idle for SIDE_IDLE_SECONDS ends. Starting a thread
  * for every job cost about 60 us per flush on an idle machine and milliseconds on a busy one (8192 flushes of
  * `check -r all`: 3.3 s against qemu-img's 2.7 s idle, 13-18 s against 3.5-6.7 s busy). Completions reach the
  * JS thread through one threadsafe function per environment, referenced only while jobs are in flight so that an
@@ -491,7 +491,10 @@ typedef struct SideJob {
 static pthread_mutex_t side_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t side_wake = PTHREAD_COND_INITIALIZER;
 static SideJob *side_head, *side_tail;
-static int side_queued, side_threads, side_idle;
+/* A thread is busy from taking a job until it has run it; the others are free (waiting, or on their way back to
+ * the queue). Counting free rather than waiting threads matters: a caller that flushes again as soon as its flush
+ * settles would otherwise find the thread that just ran it not yet waiting, and start another one every time. */
+static int side_queued, side_threads, side_busy;
 
 static const char *side_syscall(SideOp op)
 {
@@ -530,15 +533,16 @@ static void side_run(SideJob *job)
 
 static void *side_thread(void *arg)
 {
+#ifdef __linux__
+    pthread_setname_np(pthread_self(), "blockgraph-side");
+#endif
     pthread_mutex_lock(&side_lock);
     for (;;) {
         while (side_head == NULL) {
             struct timespec deadline;
             clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_sec += SIDE_IDLE_SECONDS;
-            side_idle++;
             int r = pthread_cond_timedwait(&side_wake, &side_lock, &deadline);
-            side_idle--;
             if (r == ETIMEDOUT && side_head == NULL) {
                 side_threads--;
                 pthread_mutex_unlock(&side_lock);
@@ -549,16 +553,20 @@ static void *side_thread(void *arg)
         side_head = job->next;
         if (side_head == NULL) side_tail = NULL;
         side_queued--;
+        side_busy++;
         pthread_mutex_unlock(&side_lock);
         side_run(job);
+        pthread_mutex_lock(&side_lock);
+        side_busy--;
+        pthread_mutex_unlock(&side_lock);
         /* napi_closing: the environment is gone, and its promise with it. */
         if (napi_call_threadsafe_function(job->tsfn, job, napi_tsfn_nonblocking) != napi_ok) free(job);
         pthread_mutex_lock(&side_lock);
     }
 }
 
-/* Queue a job; start a thread when there are more jobs than idle threads. 0, or the pthread_create error when no
- * thread is left to run it (the job is then taken off the queue again). */
+/* Queue a job; start a thread when there are more jobs queued than free threads. 0, or the pthread_create error
+ * when no thread is left to run it (the job is then taken off the queue again). */
 static int side_submit(SideJob *job)
 {
     pthread_mutex_lock(&side_lock);
@@ -567,7 +575,7 @@ static int side_submit(SideJob *job)
     side_tail = job;
     side_queued++;
     int err = 0;
-    if (side_queued > side_idle && side_threads < SIDE_MAX_THREADS) {
+    if (side_queued > side_threads - side_busy && side_threads < SIDE_MAX_THREADS) {
         pthread_attr_t attr;
         pthread_t thread;
         err = pthread_attr_init(&attr);
