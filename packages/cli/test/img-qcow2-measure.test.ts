@@ -2,6 +2,7 @@
  * `blockgraph measure -O qcow2` against `qemu-img measure` (QEMU 7.2): the same numbers, human and JSON output,
  * the same errors and exit codes, for new images (--size) and for existing raw and qcow2 sources.
  */
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { bg, cachedSetup, must, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
@@ -29,6 +30,21 @@ const sources = cachedSetup((d) => {
   must('qemu-img', 'bitmap', '--add', join(d, 'bitmaps.qcow2'), 'b0');
   must('qemu-img', 'bitmap', '--add', '-g', '512', join(d, 'bitmaps.qcow2'), 'a-longer-bitmap-name');
   io('qcow2', join(d, 'bitmaps.qcow2'), 'write -P 3 0 1M');
+  // A v2 image whose first L2 entry has the zero flag v2 does not know: a corruption when block status reads it.
+  img('corrupt-v2.qcow2', '16M', '-o', 'compat=0.10');
+  io('qcow2', join(d, 'corrupt-v2.qcow2'), 'write -P 5 0 64k');
+  const fd = openSync(join(d, 'corrupt-v2.qcow2'), 'r+');
+  try {
+    const u64 = (at: number) => {
+      const b = Buffer.alloc(8);
+      readSync(fd, b, 0, 8, at);
+      return b.readBigUInt64BE(0);
+    };
+    const l2 = Number(u64(Number(u64(40))) & 0x00fffffffffffe00n);
+    writeSync(fd, Buffer.from([Number(u64(l2) & 0xffn) | 1]), 0, 1, l2 + 7);
+  } finally {
+    closeSync(fd);
+  }
 });
 
 const CASES: string[][] = [
@@ -86,6 +102,8 @@ const CASES: string[][] = [
   ['-O', 'qcow2', '-o', 'cluster_size=1M', '-f', 'raw', 'a.raw'],
   ['-O', 'raw', 'std.qcow2'],
   ['-O', 'qcow2', '--image-opts', 'driver=qcow2,file.filename=std.qcow2'],
+  // The corruption event, then "Unable to get block status: Input/output error" (the errno's text).
+  ['-O', 'qcow2', 'corrupt-v2.qcow2'],
 ];
 
 describe('blockgraph measure -O qcow2 against qemu-img measure', () => {

@@ -2,6 +2,8 @@ import {
   BlockError,
   BlockStatus,
   blockStatusAbove,
+  errnoError,
+  toBlockError,
   type BlockNode,
   type MeasureResult,
   type Options,
@@ -108,8 +110,8 @@ export async function measureQcow2(o: Options, source?: BlockNode): Promise<Meas
         try {
           r = await blockStatusAbove(source, undefined, false, true, offset, ssize - offset);
         } catch (e) {
-          const code = (e as BlockError).code ?? 'EIO';
-          throw new BlockError(code, `Unable to get block status: ${(e as Error).message}`, { cause: e });
+          // error_setg_errno(): the errno's text, not the message (a corruption event has printed that already).
+          throw errnoError(toBlockError(e), 'Unable to get block status');
         }
         pnum = r.pnum;
         if (pnum <= 0) throw new BlockError('EIO', 'Unable to get block status: unexpected end of image');

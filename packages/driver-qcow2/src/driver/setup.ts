@@ -1,4 +1,4 @@
-import { BlockError, IOVector, type CheckFix, type CheckResult } from '@blockgraph/block-core';
+import { BlockError, errnoError, IOVector, toBlockError, type CheckFix, type CheckResult } from '@blockgraph/block-core';
 import { checkImage, type ImageIO } from '../check/index.js';
 import { AUTOCLEAR_BITMAPS, AUTOCLEAR_MASK } from '../format/index.js';
 import { flushCaches, updateHeader } from './header-io.js';
@@ -59,7 +59,7 @@ export async function prepareForWriting(s: Qcow2State, atOpen = false): Promise<
     try {
       res = await runCheck(s, 'all');
     } catch (e) {
-      throw new BlockError((e as BlockError).code ?? 'EIO', `Could not repair dirty image: ${(e as Error).message}`, { cause: e });
+      throw errnoError(toBlockError(e), 'Could not repair dirty image');
     }
     const failed = res.checkFailed;
     if (failed || res.checkErrors) {
