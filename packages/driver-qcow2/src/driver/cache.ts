@@ -205,7 +205,11 @@ export class MetaCache {
   async write(): Promise<void> {
     const n = ++this.writesStarted;
     let err: unknown;
-    for (const e of [...this.entries]) {
+    // Picked before the first await, in entry order as QEMU writes them: a cache mapping a large disk with small
+    // clusters has tens of thousands of entries and flushes once per allocation, and awaiting each clean one took
+    // most of the time of such a flush (shrinking a 3 GiB image of 1 KiB clusters: 47,000 flushes of 24,576 entries).
+    const dirty = this.entries.filter((e) => e.dirty && e.offset !== 0);
+    for (const e of dirty) {
       try {
         await this.entryFlush(e);
       } catch (x) {

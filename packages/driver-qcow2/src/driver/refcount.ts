@@ -585,3 +585,91 @@ export async function getLastCluster(s: Qcow2State, size: number): Promise<numbe
   }
   throw await signalCorruption(s, true, -1, -1, 'There are no references in the refcount table.');
 }
+
+/** qcow2_discard_refcount_block(): drop the reference of a refcount block that no longer describes anything. */
+async function discardRefcountBlock(s: Qcow2State, blockOffset: number): Promise<void> {
+  const cs = s.clusterSize;
+  const ci = blockOffset / cs;
+  const { tableIndex, offset } = refblockOffsetFor(s, ci);
+  if (!offset) {
+    throw await signalCorruption(s, true, -1, -1, `Refblock at ${hexAlt(blockOffset)} is not covered by the refcount table`);
+  }
+  if (offset < 0 || offset % cs) throw await refblockUnaligned(s, offset, tableIndex);
+  const e = await s.refCache.get(offset);
+  try {
+    const bi = ci % s.g.refcountBlockEntries;
+    const rc = getRefcountEntry(e.buf, bi, s.g.refcountOrder);
+    if (rc !== 1) {
+      await signalCorruption(
+        s,
+        true,
+        -1,
+        -1,
+        `Invalid refcount: refblock offset ${hexAlt(offset)}, reftable index ${tableIndex}, block offset ${hexAlt(blockOffset)}, refcount ${hexAlt(rc)}`,
+      );
+      throw new BlockError('EINVAL');
+    }
+    setRefcountEntry(e.buf, bi, s.g.refcountOrder, 0);
+    s.refCache.markDirty(e);
+  } finally {
+    s.refCache.put(e);
+  }
+  if (ci < s.freeClusterIndex) s.freeClusterIndex = ci;
+  s.refCache.discardRange(blockOffset, cs);
+  queueDiscard(s, blockOffset, cs);
+}
+
+/**
+ * qcow2_shrink_reftable() (after a shrink): refcount blocks that count nothing but possibly themselves leave the
+ * refcount table, which is rewritten at once and synced, and their clusters are freed, so that the file can be
+ * truncated behind the last cluster still in use.
+ */
+export async function shrinkReftable(s: Qcow2State): Promise<void> {
+  const cs = s.clusterSize;
+  const entries = s.g.refcountBlockEntries;
+  const order = s.g.refcountOrder;
+  const table = new Uint8Array(s.reftable.length * 8);
+  const view = new DataView(table.buffer);
+  const unused: boolean[] = [];
+  for (let i = 0; i < s.reftable.length; i++) {
+    const offset = s.reftable[i]!;
+    unused[i] = false;
+    if (!offset) continue;
+    if (offset < 0 || offset % cs) throw await refblockUnaligned(s, offset, i);
+    const e = await s.refCache.get(offset);
+    try {
+      // A block that describes itself holds its own reference: that one does not count.
+      const self = Math.floor(offset / cs / entries) === i ? (offset / cs) % entries : -1;
+      const own = self >= 0 ? getRefcountEntry(e.buf, self, order) : 0;
+      if (self >= 0) setRefcountEntry(e.buf, self, order, 0);
+      unused[i] = e.buf.every((b) => b === 0);
+      if (self >= 0) setRefcountEntry(e.buf, self, order, own);
+    } finally {
+      s.refCache.put(e);
+    }
+    if (!unused[i]) {
+      view.setUint32(i * 8, Math.floor(offset / 4294967296));
+      view.setUint32(i * 8 + 4, offset >>> 0);
+    }
+  }
+  let error: unknown = null;
+  try {
+    await s.writeFileSync(s.reftableOffset, table);
+  } catch (e) {
+    error = e;
+  }
+  // After a failed write the table on disk may be partly new: forgetting the blocks in memory too is safer.
+  for (let i = 0; i < s.reftable.length; i++) {
+    if (!unused[i]) continue;
+    if (error === null) {
+      try {
+        await discardRefcountBlock(s, s.reftable[i]!);
+      } catch (e) {
+        error = e;
+      }
+    }
+    s.reftable[i] = 0;
+  }
+  if (!s.cacheDiscards) await processDiscards(s, error === null);
+  if (error !== null) throw error;
+}

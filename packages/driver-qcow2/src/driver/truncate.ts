@@ -1,11 +1,11 @@
-import { BlockError, errnoError, ReqFlag, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
+import { BlockError, errnoError, ReqFlag, toBlockError, type PreallocMode, type ReqFlags } from '@blockgraph/block-core';
 import { performCow } from './rw.js';
 import { HeaderOffset, l1EntriesForSize } from '../format/index.js';
 import { clusterDiscard, finishL2Meta, linkL2, subclusterZeroize, allocHostOffset, abortL2Meta } from './cluster.js';
 import { writeCaches } from './header-io.js';
 import { L2Meta } from './inflight.js';
 import { growL1Table, shrinkL1Table } from './l1.js';
-import { allocClustersAt, freeClusters, getLastCluster, refcountArea } from './refcount.js';
+import { allocClustersAt, freeClusters, getLastCluster, refcountArea, shrinkReftable } from './refcount.js';
 import { DiscardType, type Qcow2State } from './state.js';
 
 /**
@@ -66,8 +66,19 @@ export async function truncateImage(
   if (offset < oldLength) {
     if (prealloc !== 'off') throw new BlockError('EINVAL', "Preallocation can't be used for shrinking an image");
     const from = Math.ceil(offset / cs) * cs;
-    if (oldLength > from) await clusterDiscard(s, from, oldLength - from, DiscardType.ALWAYS, true);
-    await shrinkL1Table(s, newL1Size);
+    // Each step fails in QEMU's words (error_setg_errno).
+    const step = async (what: string, fn: () => Promise<void>) => {
+      try {
+        await fn();
+      } catch (e) {
+        throw errnoError(toBlockError(e), what);
+      }
+    };
+    if (oldLength > from) {
+      await step('Failed to discard cropped clusters', () => clusterDiscard(s, from, oldLength - from, DiscardType.ALWAYS, true));
+    }
+    await step('Failed to reduce the number of L2 tables', () => shrinkL1Table(s, newL1Size));
+    await step('Failed to discard unused refblocks', () => shrinkReftable(s));
     const oldFileSize = s.fileLength;
     const last = await getLastCluster(s, oldFileSize);
     if ((last + 1) * cs < oldFileSize) {
