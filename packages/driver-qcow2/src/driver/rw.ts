@@ -553,8 +553,8 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   let count = 0;
   try {
     for (let i = 0; i < end && count < threshold; i++) {
-      const rc = getRefcountCached(s, i) ?? (await getRefcount(s, i));
-      if (rc !== 0) count++;
+      // QEMU sums the refcounts (a cluster shared by snapshots counts more than once).
+      count += getRefcountCached(s, i) ?? (await getRefcount(s, i));
     }
   } catch {
     // qcow2_co_block_status() takes a failed detection as "not preallocated": a damaged refcount structure must
@@ -584,7 +584,8 @@ export async function blockStatus(s: Qcow2State, _wantZero: boolean, offset: num
   if (t === SubclusterType.ZERO_PLAIN || t === SubclusterType.ZERO_ALLOC) status |= BlockStatus.ZERO;
   else if (t !== SubclusterType.UNALLOCATED_PLAIN && t !== SubclusterType.UNALLOCATED_ALLOC) status |= BlockStatus.DATA;
   if (s.metadataPreallocation && status & BlockStatus.DATA && status & BlockStatus.OFFSET_VALID) status |= BlockStatus.RECURSE;
-  if (s.dataFileIsRaw) status |= BlockStatus.RAW;
+  // No RAW pass-through for data_file_raw: QEMU 7.2 reports the qcow2 layer's own status (allocated = data) and
+  // does not look at holes in the data file.
   reply.status = status;
   return reply;
 }
