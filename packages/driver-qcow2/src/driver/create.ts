@@ -25,7 +25,7 @@ export const QCOW2_CREATE_OPTIONS = {
   dataFile: { type: 'string', description: 'File name of an external data file' },
   dataFileRaw: { type: 'boolean', description: 'The external data file must stay valid as a raw image' },
   encryption: { type: 'boolean', description: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
-  // Accepted and checked as qemu-img does, then refused: blockgraph does not encrypt (see validateEncryption).
+  // Accepted and checked as qemu-img does, then refused: blockgraph does not encrypt (encryptionFormat, validate).
   encrypt: {
     type: 'object',
     description: 'Encryption options',
