@@ -14,7 +14,7 @@
 //      the touched images of both twins: `qemu-img compare` (guest content), `check --output=json`
 //      (minus image-end-offset/fragmentation), `map --output=json` without offsets, `info --output=json`.
 //   The case stops at the first divergence; it is saved as /tmp/fuzz-ops/fail-<seed>.{json,log,sh}.
-//   A QEMU timeout (per command 60 s) ends the case quietly.
+//   A QEMU timeout (per command 60 s) or crash (killed by a signal) ends the case quietly.
 //
 // Usage:
 //   (env FUZZ_BG=/path/to/blockgraph.cjs tests another build, e.g. a copy of the tree made while it is quiet)
@@ -354,6 +354,8 @@ function runCase(seed, saved, verbose) {
         + `  B$ ${fmtCmd(bgCmd(step))}\n    rc=${rb.rc}${rb.timedOut ? ' TIMEOUT' : ''}\n${indent(rb.out, 'out')}${indent(rb.err, 'err')}`);
     }
     if (rq.timedOut) { res.status = 'qemu-timeout'; say('QEMU timed out: case ended'); return done(); }
+    // A QEMU tool killed by a signal (an assertion, e.g. qcow2-cache.c "offset != 0") is QEMU's bug, not a divergence.
+    if (rq.rc === null) { res.status = 'qemu-crash'; say('QEMU crashed: case ended'); return done(); }
     let div = rb.timedOut ? { what: 'bg-timeout' } : rq.rc !== rb.rc ? { what: 'rc', qemu: rq.rc, bg: rb.rc }
       : normErr(rq.err, qd) !== normErr(rb.err, bd) ? { what: 'stderr', qemu: normErr(rq.err, qd), bg: normErr(rb.err, bd) }
       : normOut(step, rq.out, qd) !== normOut(step, rb.out, bd) ? { what: 'stdout', qemu: normOut(step, rq.out, qd), bg: normOut(step, rb.out, bd) } : null;
