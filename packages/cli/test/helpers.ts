@@ -198,6 +198,15 @@ export async function twin(
   };
 }
 
+/**
+ * must() in `dir`: file names an image records (data files) stay relative. QEMU 7.2 resolves a relative data file
+ * name against the working directory, so tools that open such images run there.
+ */
+export function mustIn(dir: string, cmd: string, ...args: string[]): void {
+  const r = run(cmd, args, { cwd: dir });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+}
+
 /** Run a shell-free sequence of QEMU tool invocations that must succeed (building test inputs). */
 export function must(cmd: string, ...args: string[]): string {
   const r = run(cmd, args);

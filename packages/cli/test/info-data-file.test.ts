@@ -7,15 +7,9 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cachedSetup, normaliseStderr, qcow2Requirement, run, twin } from './helpers.js';
+import { cachedSetup, mustIn, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
 
 const need = qcow2Requirement();
-
-/** Run a QEMU tool in `dir`: the data file names stay relative, resolved against the image's directory. */
-function mustIn(dir: string, cmd: string, ...args: string[]): void {
-  const r = run(cmd, args, { cwd: dir });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-}
 
 const images = cachedSetup((d) => {
   const must = (cmd: string, ...args: string[]) => mustIn(d, cmd, ...args);

@@ -5,14 +5,9 @@
  * blockgraph on twin images: same status and output.
  */
 import { describe, expect, it } from 'vitest';
-import { bgSpawn, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
+import { bgSpawn, mustIn, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
 
 const need = qcow2Requirement();
-
-function mustIn(dir: string, cmd: string, ...args: string[]): void {
-  const r = run(cmd, args, { cwd: dir });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-}
 
 /** Built in place for each side: a copy would fill the data file's holes. */
 function images(d: string): void {

@@ -3,6 +3,7 @@ import {
   BlockStatus,
   blockStatusAbove,
   errnoError,
+  normaliseOptions,
   toBlockError,
   type BlockNode,
   type MeasureResult,
@@ -58,7 +59,9 @@ function bitmapsSize(source: BlockNode, clusterSize: number): number | undefined
   return total + Math.ceil(dir / clusterSize) * clusterSize;
 }
 
-export async function measureQcow2(o: Options, source?: BlockNode): Promise<MeasureResult> {
+export async function measureQcow2(options: Options, source?: BlockNode): Promise<MeasureResult> {
+  // Dotted keys (`encrypt.key-secret`, as the CLI passes them) nest like any other options: one form to read.
+  const o = normaliseOptions(options);
   const extendedL2 = o.extendedL2 === undefined ? false : optBool('extended_l2', o.extendedL2);
   const clusterSize = o.clusterSize === undefined ? 65536 : optSize('cluster_size', o.clusterSize);
   if (!(clusterSize >= 512 && clusterSize <= 2 * 1024 * 1024) || (clusterSize & (clusterSize - 1)) !== 0) {
@@ -86,8 +89,8 @@ export async function measureQcow2(o: Options, source?: BlockNode): Promise<Meas
   const hasBackingFile = o.backingFile !== undefined;
   // Only LUKS changes the size (its header); qcow2_measure() needs the secret to lay one out, AES needs nothing.
   const encrypt = (o.encrypt as Options | undefined) ?? {};
-  if ((encrypt.format ?? o['encrypt.format']) === 'luks') {
-    if ((encrypt.keySecret ?? o['encrypt.keySecret']) === undefined) throw einval("Parameter 'encrypt.key-secret' is required for cipher");
+  if (encrypt.format === 'luks') {
+    if (encrypt.keySecret === undefined) throw einval("Parameter 'encrypt.key-secret' is required for cipher");
     throw new BlockError('ENOTSUP', 'qcow2: encrypted images are not supported');
   }
 

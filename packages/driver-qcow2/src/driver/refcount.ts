@@ -1,4 +1,4 @@
-import { BlockError } from '@blockgraph/block-core';
+import { BlockError, isZeroBuffer } from '@blockgraph/block-core';
 import {
   ClusterType,
   QCOW_MAX_CLUSTER_OFFSET,
@@ -642,7 +642,7 @@ export async function shrinkReftable(s: Qcow2State): Promise<void> {
       const self = Math.floor(offset / cs / entries) === i ? (offset / cs) % entries : -1;
       const own = self >= 0 ? getRefcountEntry(e.buf, self, order) : 0;
       if (self >= 0) setRefcountEntry(e.buf, self, order, 0);
-      unused[i] = e.buf.every((b) => b === 0);
+      unused[i] = isZeroBuffer(e.buf);
       if (self >= 0) setRefcountEntry(e.buf, self, order, own);
     } finally {
       s.refCache.put(e);
