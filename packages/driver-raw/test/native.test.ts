@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, read, readSync, writeSync } from 'node:fs';
+import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, read, readFileSync, readSync, writeSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -196,6 +196,88 @@ describeRequiring('native helper', missingHelper, () => {
       expect(r.burst).toBeLessThanOrEqual(16);
       expect(r.mixed).toEqual(['rejected', 'fulfilled', 'fulfilled']);
       expect(settled).toBe('settled');
+    });
+  });
+
+  describe('pwritevQueued', () => {
+    it('writes the queued writes of one file one after the other, in the order queued, each in full', async () => {
+      const n = native();
+      const fd = open('queued.img', 'w+');
+      // 64 writes to the same 4 KiB, none awaited before the next is queued: the last one queued must win.
+      const writes = Array.from({ length: 64 }, (_, i) => n.pwritevQueued!(fd, [fill(4 * KiB, i + 1)], 0));
+      // Several buffers go out as one gathered write, here past the end of the file.
+      const gathered = [fill(3, 0xa1), fill(MiB, 0xa2), new Uint8Array(0), fill(5, 0xa3)];
+      writes.push(n.pwritevQueued!(fd, gathered, 8 * KiB));
+      expect(await Promise.all(writes)).toEqual(Array(65).fill(undefined));
+      expect(readAt(fd, 0, 4 * KiB)).toEqual(fill(4 * KiB, 64));
+      expect(fstatSync(fd).size).toBe(8 * KiB + 3 + MiB + 5);
+      const back = readAt(fd, 8 * KiB, 3 + MiB + 5);
+      expect(back.subarray(0, 3)).toEqual(fill(3, 0xa1));
+      // (every() rather than toEqual: a deep comparison of 1 MiB takes seconds)
+      expect(back.subarray(3, 3 + MiB).every((b) => b === 0xa2)).toBe(true);
+      expect(back.subarray(3 + MiB)).toEqual(fill(5, 0xa3));
+    });
+
+    it('rejects with the errno of the failed pwritev and goes on with the writes queued behind it', async () => {
+      const n = native();
+      writeSync(open('ro.img', 'w'), fill(4 * KiB, 1), 0, 4 * KiB, 0);
+      const ro = open('ro.img', 'r');
+      const failed = n.pwritevQueued!(ro, [fill(4 * KiB, 2)], 0);
+      const next = n.pwritevQueued!(ro, [fill(KiB, 3)], 0);
+      await expect(failed).rejects.toMatchObject({ code: 'EBADF', syscall: 'pwritev' });
+      await expect(next).rejects.toMatchObject({ code: 'EBADF' });
+      expect(readAt(ro, 0, 4 * KiB)).toEqual(fill(4 * KiB, 1));
+      const rw = open('rw.img', 'w+');
+      await n.pwritevQueued!(rw, [fill(KiB, 4)], 0);
+      expect(readAt(rw, 0, KiB)).toEqual(fill(KiB, 4));
+    });
+
+    it('continues a short write where it stopped, and reports the error that ends it (EFBIG past RLIMIT_FSIZE)', () => {
+      if (process.platform !== 'linux') return;
+      const addon = join(import.meta.dirname, '..', 'native', 'build', 'Release', 'blockgraph_native.node');
+      const file = join(dir, 'fsize.img');
+      // bash's ulimit -f counts KiB: the child may write 8 KiB. Ignoring SIGXFSZ turns the signal into EFBIG.
+      const script = `
+        const m = require(${JSON.stringify(addon)});
+        const fs = require('node:fs');
+        process.on('SIGXFSZ', () => {});
+        const fd = fs.openSync(${JSON.stringify(file)}, 'w+');
+        const over = m.pwritevQueued(fd, [new Uint8Array(4096).fill(7), new Uint8Array(8192).fill(8)], 0);
+        const after = m.pwritevQueued(fd, [new Uint8Array(512).fill(9)], 0);
+        Promise.allSettled([over, after]).then((r) => console.log(JSON.stringify({
+          r: r.map((x) => x.status === 'fulfilled' ? 'ok' : x.reason.code),
+          size: fs.fstatSync(fd).size,
+        })));
+      `;
+      const out = execFileSync('bash', ['-c', 'ulimit -f 8 && exec "$0" -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 8000 });
+      expect(JSON.parse(out)).toEqual({ r: ['EFBIG', 'ok'], size: 8 * KiB });
+      const back = readFileSync(file);
+      expect(back.subarray(0, 512)).toEqual(Buffer.alloc(512, 9));
+      expect(back.subarray(512, 4 * KiB)).toEqual(Buffer.alloc(4 * KiB - 512, 7));
+      expect(back.subarray(4 * KiB)).toEqual(Buffer.alloc(4 * KiB, 8));
+    });
+
+    it('keeps the process alive while a write is queued, and not after', () => {
+      if (process.platform !== 'linux') return;
+      const addon = join(import.meta.dirname, '..', 'native', 'build', 'Release', 'blockgraph_native.node');
+      const script = `
+        const m = require(${JSON.stringify(addon)});
+        const fd = require('node:fs').openSync(${JSON.stringify(join(dir, 'alive.img'))}, 'w');
+        m.pwritevQueued(fd, [new Uint8Array(${MiB})], 0).then(() => console.log('written'));
+      `;
+      // The side thread idles for 10 s after the write: a child that exits well within that was not held by it.
+      const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 8000 });
+      expect(out.trim()).toBe('written');
+    });
+
+    it('rejects bad arguments with TypeError/RangeError before queueing anything', () => {
+      const n = native();
+      const fd = open('args.img', 'w+');
+      expect(thrown(() => n.pwritevQueued!(fd, new Uint8Array(1) as unknown as Uint8Array[], 0))).toBeInstanceOf(TypeError);
+      expect(thrown(() => n.pwritevQueued!(fd, [new Uint8Array(1), 'x' as unknown as Uint8Array], 0))).toBeInstanceOf(TypeError);
+      expect(thrown(() => n.pwritevQueued!(fd, [new Uint8Array(1)], -1))).toBeInstanceOf(RangeError);
+      expect(thrown(() => n.pwritevQueued!(fd, [new Uint8Array(1)], 0.5))).toBeInstanceOf(RangeError);
+      expect(fstatSync(fd).size).toBe(0);
     });
   });
 

@@ -160,6 +160,11 @@ class FileInstance implements BlockDriverInstance {
   direct: DirectIo | null = null;
   /** Small reads try the page cache on this thread first (preadv2 RWF_NOWAIT) before the thread pool. */
   private noWait: boolean;
+  /**
+   * Buffered writes go through the helper's queue for this file (1.6+) rather than libuv's pool: the kernel copies
+   * writes to one file into the page cache one at a time anyway (see pwritevQueued in the helper).
+   */
+  private readonly writeQueue: NativeHelper['pwritevQueued'] | null;
   /** The writeback-ahead option at work (buffered I/O with the helper only), else null. */
   writebackAhead: WritebackAhead | null = null;
 
@@ -174,6 +179,7 @@ class FileInstance implements BlockDriverInstance {
     this.filename = filename;
     this.readOnly = readOnly;
     this.noWait = typeof native?.preadNoWait === 'function';
+    this.writeQueue = native?.pwritevQueued?.bind(native) ?? null;
   }
 
   getLength(): number {
@@ -204,7 +210,13 @@ class FileInstance implements BlockDriverInstance {
   pwritev(offset: number, bytes: number, qiov: IOVector): Promise<void> {
     if (this.direct) return directPwritev(this.fd, offset, bytes, qiov, this.direct.align, this.direct.pool);
     const iov = qiov.iov;
-    const written = iov.length === 1 ? pwriteFull(this.fd, iov[0]!, offset) : pwritevFull(this.fd, iov, bytes, offset);
+    const written = this.writeQueue
+      ? this.writeQueue(this.fd, iov, offset).catch((e: unknown) => {
+          throw ioError(e);
+        })
+      : iov.length === 1
+        ? pwriteFull(this.fd, iov[0]!, offset)
+        : pwritevFull(this.fd, iov, bytes, offset);
     const ahead = this.writebackAhead;
     return ahead ? written.then(() => ahead.written(offset, bytes)) : written;
   }

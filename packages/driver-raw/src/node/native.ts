@@ -79,6 +79,13 @@ export interface NativeHelper {
    */
   startWritebackAsync?(fd: number, offset: number, length: number): Promise<void>;
   /**
+   * Write all of `buffers` at `position` (pwritev, continued after a short write) through the file's write queue
+   * (helpers since 1.6): one side thread per file writes the queued writes one after the other, in the order they
+   * were queued. For buffered writes, which the kernel serialises per file anyway. The buffers must stay unchanged
+   * until the promise settles; it rejects with the errno error of the failed pwritev (EIO for no progress).
+   */
+  pwritevQueued?(fd: number, buffers: readonly Uint8Array[], position: number): Promise<void>;
+  /**
    * cachestat(2) (Linux 6.5+; helpers since 1.4): pages of the range that are in the page cache, dirty and under
    * writeback. length 0 means to the end of the file. Throws ENOSYS on older kernels.
    */
