@@ -194,13 +194,13 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
     const oldTable = s.reftable;
     const oldOffset = s.reftableOffset;
     h.refcountOrder = newOrder;
-    s.reftable = Float64Array.from(newTable);
+    s.setReftable(Float64Array.from(newTable));
     s.reftableOffset = newTableOffset;
     try {
       await updateHeader(s);
     } catch (e) {
       h.refcountOrder = oldOrder;
-      s.reftable = oldTable;
+      s.setReftable(oldTable);
       s.reftableOffset = oldOffset;
       throw errnoError(e, 'Failed to update the qcow2 header');
     }

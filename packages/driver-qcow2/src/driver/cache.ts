@@ -137,9 +137,19 @@ export class MetaCache {
     return e;
   }
 
+  private newEntry(): CacheEntry {
+    const e = new CacheEntry(new Uint8Array(this.tableSize));
+    e.ref = 1;
+    this.entries.push(e);
+    return e;
+  }
+
   /** A free entry, pinned (ref 1), not in the map. */
   private async takeVictim(): Promise<CacheEntry> {
     for (;;) {
+      // Every entry holds a table and there is room for more: a new one, without looking at the others. That walk
+      // made a cache that fills up (a convert into 512-byte clusters: 16384 L2 tables) quadratic.
+      if (this.map.size === this.entries.length && this.entries.length < this.capacity) return this.newEntry();
       let victim: CacheEntry | undefined;
       let min = Infinity;
       for (const e of this.entries) {
@@ -154,12 +164,7 @@ export class MetaCache {
         }
       }
       if (victim === undefined || (victim.offset !== 0 && this.entries.length < this.capacity)) {
-        if (this.entries.length < this.capacity) {
-          const e = new CacheEntry(new Uint8Array(this.tableSize));
-          e.ref = 1;
-          this.entries.push(e);
-          return e;
-        }
+        if (this.entries.length < this.capacity) return this.newEntry();
         throw new BlockError('EIO', `qcow2: ${this.name} cache exhausted: all ${this.capacity} entries are in use`);
       }
       if (victim.dirty && victim.offset) {

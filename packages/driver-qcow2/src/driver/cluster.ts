@@ -269,8 +269,7 @@ async function l2Allocate(s: Qcow2State, l1Index: number): Promise<void> {
     s.setL1(l1Index, l2Offset, true);
     await writeL1Entry(s, l1Index);
   } catch (e) {
-    s.l1View.setUint32(l1Index * 8, old.hi);
-    s.l1View.setUint32(l1Index * 8 + 4, old.lo);
+    s.restoreL1(l1Index, old);
     await freeClusters(s, l2Offset, cs, DiscardType.ALWAYS);
     throw e;
   }

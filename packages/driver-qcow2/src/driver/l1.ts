@@ -68,6 +68,7 @@ export async function shrinkL1Table(s: Qcow2State, exactSize: number): Promise<v
     await s.flushFile();
   } catch (e) {
     s.l1.fill(0, from);
+    s.l1Changed();
     throw e;
   }
   for (let i = s.l1Size - 1; i >= exactSize; i--) {

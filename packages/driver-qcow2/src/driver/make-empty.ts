@@ -63,6 +63,7 @@ async function rebuildEmpty(s: Qcow2State, l1Clusters: number): Promise<void> {
   const cs = s.clusterSize;
   await s.file.pwriteZeroes(s.l1Offset, l1Clusters * cs, 0);
   s.l1.fill(0);
+  s.l1Changed();
   // The refcount table, the first refcount block and the L1 table go to clusters 1, 2 and 3 on.
   await s.file.pwriteZeroes(cs, (2 + l1Clusters) * cs, 0);
   const fields = new DataView(new ArrayBuffer(20));
@@ -71,7 +72,7 @@ async function rebuildEmpty(s: Qcow2State, l1Clusters: number): Promise<void> {
   fields.setUint32(16, 1);
   await s.writeFileSync(40, new Uint8Array(fields.buffer));
   s.setL1Table(s.l1, s.l1Size, 3 * cs);
-  s.reftable = new Float64Array(cs / 8);
+  s.setReftable(new Float64Array(cs / 8));
   s.reftableOffset = cs;
   s.header.refcountTableOffset = cs;
   s.header.refcountTableClusters = 1;
@@ -79,7 +80,7 @@ async function rebuildEmpty(s: Qcow2State, l1Clusters: number): Promise<void> {
   const entry = new DataView(new ArrayBuffer(8));
   entry.setBigUint64(0, BigInt(2 * cs));
   await s.writeFileSync(cs, new Uint8Array(entry.buffer));
-  s.reftable[0] = 2 * cs;
+  s.setReftableEntry(0, 2 * cs);
   s.updateMaxRefcountTableIndex();
 
   s.freeClusterIndex = 0;

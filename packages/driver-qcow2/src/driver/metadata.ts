@@ -62,7 +62,7 @@ export async function loadTables(s: Qcow2State): Promise<void> {
       table[i] = -1;
     }
   }
-  s.reftable = table;
+  s.setReftable(table);
   s.reftableOffset = h.refcountTableOffset;
   s.updateMaxRefcountTableIndex();
 }

@@ -21,24 +21,9 @@ export function checkMetadataOverlap(s: Qcow2State, ign: number, offset: number,
 
   if (chk & Overlap.MAIN_HEADER && start < cs) return Overlap.MAIN_HEADER;
   if (chk & Overlap.ACTIVE_L1 && s.l1Size && hit(s.l1Offset, s.l1Size * 8)) return Overlap.ACTIVE_L1;
-  if (chk & Overlap.ACTIVE_L2) {
-    const v = s.l1View;
-    for (let i = 0; i < s.l1Size; i++) {
-      const hi = v.getUint32(i * 8) & 0x00ffffff;
-      const lo = v.getUint32(i * 8 + 4) & 0xfffffe00;
-      if (hi === 0 && lo === 0) continue;
-      const l2 = hi * 4294967296 + (lo >>> 0);
-      if (l2 < end && start < l2 + cs) return Overlap.ACTIVE_L2;
-    }
-  }
+  if (chk & Overlap.ACTIVE_L2 && s.activeL2Tables().overlaps(start, end)) return Overlap.ACTIVE_L2;
   if (chk & Overlap.REFCOUNT_TABLE && hit(s.reftableOffset, s.reftable.length * 8)) return Overlap.REFCOUNT_TABLE;
-  if (chk & Overlap.REFCOUNT_BLOCK) {
-    const t = s.reftable;
-    for (let i = 0; i <= s.maxRefcountTableIndex && i < t.length; i++) {
-      const rb = t[i]!;
-      if (rb > 0 && rb < end && start < rb + cs) return Overlap.REFCOUNT_BLOCK;
-    }
-  }
+  if (chk & Overlap.REFCOUNT_BLOCK && s.refcountBlocks().overlaps(start, end)) return Overlap.REFCOUNT_BLOCK;
   if (chk & Overlap.SNAPSHOT_TABLE && s.header.nbSnapshots && hit(s.header.snapshotsOffset, s.snapshotTableBytes)) {
     return Overlap.SNAPSHOT_TABLE;
   }

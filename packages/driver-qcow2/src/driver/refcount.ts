@@ -127,7 +127,7 @@ async function allocRefcountBlock(s: Qcow2State, clusterIndex: number): Promise<
       v.setUint32(0, Math.floor(newBlock / 4294967296));
       v.setUint32(4, newBlock >>> 0);
       await s.writeFileSync(s.reftableOffset + tableIndex * 8, entry);
-      s.reftable[tableIndex] = newBlock;
+      s.setReftableEntry(tableIndex, newBlock);
       s.maxRefcountTableIndex = Math.max(s.maxRefcountTableIndex, tableIndex);
       // The new block may sit where the caller wanted to put its data.
       return AGAIN;
@@ -272,7 +272,7 @@ export async function refcountArea(
 
   const oldOffset = s.reftableOffset;
   const oldBytes = s.reftable.length * 8;
-  s.reftable = newTable;
+  s.setReftable(newTable);
   s.reftableOffset = tableOffset;
   s.header.refcountTableOffset = tableOffset;
   s.header.refcountTableClusters = tableClusters;
@@ -668,7 +668,7 @@ export async function shrinkReftable(s: Qcow2State): Promise<void> {
         error = e;
       }
     }
-    s.reftable[i] = 0;
+    s.setReftableEntry(i, 0);
   }
   if (!s.cacheDiscards) await processDiscards(s, error === null);
   if (error !== null) throw error;

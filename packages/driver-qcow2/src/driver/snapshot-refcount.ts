@@ -136,6 +136,7 @@ export async function updateSnapshotRefcount(s: Qcow2State, l1Offset: number, l1
     s.cacheDiscards = false;
     await processDiscards(s, ok);
   }
+  if (l1Modified && l1Bytes === s.l1) s.l1Changed();
   if (addend >= 0 && l1Modified) {
     await s.writeFileSync(l1Offset, l1Bytes.subarray(0, l1Size * 8));
   }

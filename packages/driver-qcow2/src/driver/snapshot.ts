@@ -271,6 +271,7 @@ export async function gotoSnapshot(s: Qcow2State, index: number): Promise<void> 
       err = e;
     }
     s.l1.set(snL1);
+    s.l1Changed();
     if (err !== null) throw err;
 
     // COPIED flags of the new active table (refcounts may have dropped to 1 above).

@@ -25,6 +25,7 @@ import {
 import { MetaCache, type CacheIO } from './cache.js';
 import { IoTickets, type L2Meta } from './inflight.js';
 import { AsyncMutex } from './mutex.js';
+import { TableClusters } from './table-clusters.js';
 
 /** Why a cluster is freed; decides whether the freed range is also discarded in the file (QEMU's enum). */
 export const DiscardType = {
@@ -77,14 +78,18 @@ export class Qcow2State {
   /** Guest size in bytes (a multiple of 512). */
   size: number;
 
-  /** Active L1 table, big-endian as on disk. */
+  /** Active L1 table, big-endian as on disk. Entries change through setL1()/restoreL1(), or call l1Changed(). */
   l1: Uint8Array = new Uint8Array(0);
+  /** Clusters of the active L2 tables, or null until activeL2Tables() counts them. */
+  private l2Tables: TableClusters | null = null;
   l1View: DataView = new DataView(new ArrayBuffer(0));
   l1Size = 0;
   l1Offset = 0;
 
-  /** Refcount table: refcount block offsets (0 = none). */
+  /** Refcount table: refcount block offsets (0 = none, -1 = unreadable). Changed through setReftable*() only. */
   reftable: Float64Array = new Float64Array(0);
+  /** Clusters of the refcount blocks, or null until refcountBlocks() counts them. */
+  private refBlocks: TableClusters | null = null;
   reftableOffset = 0;
   maxRefcountTableIndex = 0;
 
@@ -200,10 +205,49 @@ export class Qcow2State {
   }
 
   setL1(index: number, l2Offset: number, copied: boolean): void {
+    const before = this.l2TableOffset(index);
     writeL1Entry(this.l1View, index, l2Offset, copied);
+    this.l2TableMoved(index, before);
+  }
+
+  /** Put an entry back as it was read (l1Raw()), after a failed update. */
+  restoreL1(index: number, raw: { hi: number; lo: number }): void {
+    const before = this.l2TableOffset(index);
+    this.l1View.setUint32(index * 8, raw.hi);
+    this.l1View.setUint32(index * 8 + 4, raw.lo);
+    this.l2TableMoved(index, before);
+  }
+
+  /** Entries of the active L1 table were changed in place other than through setL1()/restoreL1(). */
+  l1Changed(): void {
+    this.l2Tables = null;
+  }
+
+  /** The L2 table offset of an L1 entry as the overlap check reads it: masked, not validated. */
+  private l2TableOffset(index: number): number {
+    const v = this.l1View;
+    return (v.getUint32(index * 8) & 0x00ffffff) * 4294967296 + ((v.getUint32(index * 8 + 4) & 0xfffffe00) >>> 0);
+  }
+
+  private l2TableMoved(index: number, before: number): void {
+    const t = this.l2Tables;
+    if (t === null || index >= this.l1Size) return;
+    t.remove(before);
+    t.add(this.l2TableOffset(index));
+  }
+
+  /** The host clusters of the active L2 tables (metadata overlap check), counted from the L1 table on first use. */
+  activeL2Tables(): TableClusters {
+    if (this.l2Tables === null) {
+      const t = new TableClusters(this.clusterSize);
+      for (let i = 0; i < this.l1Size; i++) t.add(this.l2TableOffset(i));
+      this.l2Tables = t;
+    }
+    return this.l2Tables;
   }
 
   setL1Table(table: Uint8Array, size: number, offset: number): void {
+    this.l2Tables = null;
     this.l1 = table;
     this.l1View = new DataView(table.buffer, table.byteOffset, table.byteLength);
     this.l1Size = size;
@@ -213,6 +257,29 @@ export class Qcow2State {
   }
 
   // --- reftable --------------------------------------------------------------------------------------------
+
+  /** Replace the whole refcount table (in memory only). */
+  setReftable(table: Float64Array): void {
+    this.reftable = table;
+    this.refBlocks = null;
+  }
+
+  /** Set one refcount table entry (in memory only): 0 for none. */
+  setReftableEntry(index: number, offset: number): void {
+    this.refBlocks?.remove(this.reftable[index]!);
+    this.reftable[index] = offset;
+    this.refBlocks?.add(offset);
+  }
+
+  /** The host clusters of the refcount blocks (metadata overlap check), counted from the table on first use. */
+  refcountBlocks(): TableClusters {
+    if (this.refBlocks === null) {
+      const t = new TableClusters(this.clusterSize);
+      for (const offset of this.reftable) t.add(offset);
+      this.refBlocks = t;
+    }
+    return this.refBlocks;
+  }
 
   updateMaxRefcountTableIndex(): void {
     let i = this.reftable.length - 1;
