@@ -19,7 +19,10 @@ afterEach(() => {
 
 const io = (fmt: string, file: string, ...cmds: string[]) => must('qemu-io', '-f', fmt, ...cmds.flatMap((c) => ['-c', c]), file);
 
-/** base <- mid <- top, other (unrelated, different data), small (4M), raw.img; v2 and extended-L2 overlays. */
+/**
+ * base <- mid <- top, other (unrelated, different data), small (4M), raw.img; v2 and extended-L2 overlays;
+ * base <- mid-short (8M) <- top-long (20M).
+ */
 const chain = cachedSetup((d) => {
   const p = (n: string) => join(d, n);
   const create = (name: string, size: string | null, ...opts: string[]) =>
@@ -41,6 +44,12 @@ const chain = cachedSetup((d) => {
   create('top-el2.qcow2', null, '-b', 'mid.qcow2', '-F', 'qcow2', '-o', 'extended_l2=on');
   io('qcow2', p('top-el2.qcow2'), 'write -P 0x34 4k 4k', 'write -z 2M 8k');
   create('top-small.qcow2', null, '-b', 'small.qcow2', '-F', 'qcow2');
+  // An overlay longer than its backing file, which is shorter than the base below it: past 8M the old chain reads
+  // zeroes where base.qcow2 has data (8M-9M), so a rebase onto base.qcow2 must write zeroes there.
+  create('mid-short.qcow2', '8M', '-b', 'base.qcow2', '-F', 'qcow2');
+  io('qcow2', p('mid-short.qcow2'), 'write -P 0x22 1M 64k');
+  create('top-long.qcow2', '20M', '-b', 'mid-short.qcow2', '-F', 'qcow2');
+  io('qcow2', p('top-long.qcow2'), 'write -P 0x36 17M 64k');
 });
 
 function expectSameOverlay(tw: Twin, name: string): void {
@@ -77,6 +86,8 @@ describe('blockgraph rebase on qcow2 against qemu-img rebase', () => {
     ['top-v2.qcow2', ['-b', 'other.qcow2', '-F', 'qcow2']],
     ['top-el2.qcow2', ['-b', 'other.qcow2', '-F', 'qcow2']],
     ['mid.qcow2', ['-b', 'other.qcow2', '-F', 'qcow2']],
+    // Onto an image further down its own chain, past the end of the old backing file (this looped forever).
+    ['top-long.qcow2', ['-b', 'base.qcow2', '-F', 'qcow2']],
     // errors
     ['top.qcow2', ['-b', 'does-not-exist.qcow2', '-F', 'qcow2']],
     ['top.qcow2', ['-b', 'base.qcow2', '-F', 'bogus']],

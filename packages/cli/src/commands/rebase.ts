@@ -111,9 +111,14 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
             n = a.pnum;
             if (a.allocated) continue;
             if (prefixChain) {
+              const bytes = n;
               const b = await isAllocatedAbove(unfiltered.backing!.node, prefixChain, false, offset, n);
               n = b.pnum;
-              if (!b.depth) continue;
+              if (!b.depth && n) continue;
+              // Past the end of the old backing file (the image is longer): nothing to skip, and n = 0 would never
+              // move on. The old backing reads as zeroes there, so compare and write as anywhere else (QEMU 8.2's
+              // fix of the same endless loop, 12df580b).
+              if (!n) n = bytes;
             }
           } catch (e) {
             throw new CliError(`error while reading image metadata: ${strerror(e)}`);
