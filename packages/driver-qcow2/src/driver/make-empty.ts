@@ -5,13 +5,11 @@
  * comes out as QEMU's; any other image has every guest cluster discarded.
  */
 import { BlockError, isBlockError } from '@blockgraph/block-core';
-import { CryptMethod } from '../format/index.js';
+import { CryptMethod, INT_MAX } from '../format/index.js';
 import { clusterDiscard } from './cluster.js';
 import { markClean, markDirty } from './header-io.js';
 import { allocClusters, processDiscards } from './refcount.js';
 import { DiscardType, type Qcow2State } from './state.js';
-
-const INT_MAX = 2 ** 31 - 1;
 
 export async function makeEmpty(s: Qcow2State): Promise<void> {
   const cs = s.clusterSize;

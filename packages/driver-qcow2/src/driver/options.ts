@@ -1,6 +1,6 @@
 import { BlockError, type OptionSchema, type Options } from '@blockgraph/block-core';
 import type { Qcow2Header } from '../format/index.js';
-import { headerGeometry } from '../format/index.js';
+import { INT_MAX, headerGeometry } from '../format/index.js';
 import { OVERLAP_ALL, OVERLAP_CACHED, OVERLAP_CONSTANT, type Qcow2RuntimeOptions } from './state.js';
 
 /** QEMU's defaults (block/qcow2.h). */
@@ -8,7 +8,6 @@ export const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
 export const MIN_L2_CACHE_SIZE = 2;
 export const MIN_REFCOUNT_CACHE_SIZE = 4;
 export const DEFAULT_CACHE_CLEAN_INTERVAL = 600;
-const INT_MAX = 0x7fffffff;
 
 /** Runtime options (blockdev-add), camelCase; the Graph also accepts QEMU's kebab-case names. */
 export const QCOW2_RUNTIME_OPTIONS: OptionSchema = {

@@ -9,6 +9,7 @@ import {
   type ReqFlags,
 } from '@blockgraph/block-core';
 import {
+  INT_MAX,
   SubclusterType,
   compressedHostOffsetExact,
   compressedHostOffsetOrBeyond,
@@ -572,7 +573,9 @@ export async function blockStatus(s: Qcow2State, _wantZero: boolean, offset: num
     });
   }
   const m = new Mapping();
-  await map(s, offset, bytes, m);
+  // qcow2_co_block_status() looks at most INT_MAX bytes ahead: an unallocated stretch longer than that is reported
+  // in pieces, and without EOF until the last piece. `compare -s` sees the difference (its statuses include EOF).
+  await map(s, offset, Math.min(INT_MAX, bytes), m);
   let status = 0;
   const reply: BlockStatusReply = { status: 0, pnum: m.bytes };
   const t = m.type;

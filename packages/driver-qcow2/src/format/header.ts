@@ -108,7 +108,8 @@ export interface HeaderOpenOptions {
 
 const INT64_MAX = (1n << 63n) - 1n;
 const U64_MOD = 1n << 64n;
-const INT_MAX = 0x7fffffff;
+/** C's INT_MAX: where QEMU counts in an int (L1 indexes, cache sizes, a block-status lookahead). */
+export const INT_MAX = 0x7fffffff;
 
 const utf8 = new TextDecoder('utf-8');
 
