@@ -116,8 +116,8 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
               n = b.pnum;
               if (!b.depth && n) continue;
               // Past the end of the old backing file (the image is longer): nothing to skip, and n = 0 would never
-              // move on. The old backing reads as zeroes there, so compare and write as anywhere else (QEMU 8.2's
-              // fix of the same endless loop, 12df580b).
+              // move on. The old backing reads as zeroes there, so compare and write as anywhere else (QEMU 8.2
+              // fixed the same endless loop this way).
               if (!n) n = bytes;
             }
           } catch (e) {
