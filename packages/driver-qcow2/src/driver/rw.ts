@@ -554,8 +554,8 @@ async function detectMetadataPreallocation(s: Qcow2State): Promise<boolean> {
   let count = 0;
   try {
     for (let i = 0; i < end && count < threshold; i++) {
-      // QEMU sums the refcounts (a cluster shared by snapshots counts more than once).
-      count += getRefcountCached(s, i) ?? (await getRefcount(s, i));
+      // Clusters in use, whatever their refcount (QEMU's `cluster_count += !!refcount`).
+      if ((getRefcountCached(s, i) ?? (await getRefcount(s, i))) !== 0) count++;
     }
   } catch {
     // qcow2_co_block_status() takes a failed detection as "not preallocated": a damaged refcount structure must
