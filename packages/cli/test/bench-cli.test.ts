@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import { describeWithQemu, must, normaliseStderr, twin, type Twin } from './helpers.js';
+import { describeWithQemu, expectSameOutput, must, normaliseStderr, twin, type Twin } from './helpers.js';
 
 let t: Twin | undefined;
 afterEach(() => {
@@ -49,8 +49,7 @@ describeWithQemu('bench', ['qemu-img'], () => {
     it(`error: ${name}`, async () => {
       t = await twin(setup, (d) => ['bench', ...args, join(d, 'b.raw')]);
       expect(t.q.status).toBe(1);
-      expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
-      expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+      expectSameOutput(t);
     });
   }
 });

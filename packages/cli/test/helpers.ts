@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } 
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/index.js';
 
 export const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
@@ -115,6 +115,12 @@ export function filterQemuIo(text: string): string {
     /[0-9]* ops; [0-9/:. sec]* \([0-9/.inf]* [EPTGMKiBbytes]*\/sec and [0-9/.inf]* ops\/sec\)/g,
     'X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)',
   );
+}
+
+/** blockgraph (`b`) ended as QEMU's tool (`q`) did: same exit status and stdout, and QEMU's stderr in our form. */
+export function expectSameOutput(r: { b: RunResult; q: RunResult }): void {
+  expect({ status: r.b.status, stdout: r.b.stdout }).toEqual({ status: r.q.status, stdout: r.q.stdout });
+  expect(r.b.stderr).toBe(normaliseStderr(r.q.stderr));
 }
 
 /** QEMU's error lines in blockgraph's form: program name swapped, the "Try --help" hint dropped, continuation lines joined. */

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cachedSetup, must, normaliseStderr, qcow2Requirement, twin } from './helpers.js';
+import { cachedSetup, expectSameOutput, must, qcow2Requirement, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -85,8 +85,7 @@ describe('blockgraph dd against qemu-img dd', () => {
       need(ctx);
       const t = await twin(inputs, (dir) => ['dd', ...absolute(dir, args)]);
       try {
-        expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
-        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+        expectSameOutput(t);
         const out = [...args].reverse().find((a) => a.startsWith('of='))?.slice(3);
         if (out && !out.includes('/') && out !== 'a.qcow2') {
           expect(existsSync(join(t.bdir, out)), out).toBe(existsSync(join(t.qdir, out)));

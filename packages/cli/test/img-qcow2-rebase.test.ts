@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cachedSetup, must, normaliseStderr, qcow2Requirement, qemuImg, twin, type Twin } from './helpers.js';
+import { cachedSetup, expectSameOutput, must, qcow2Requirement, qemuImg, twin, type Twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -102,8 +102,7 @@ describe('blockgraph rebase on qcow2 against qemu-img rebase', () => {
     it(`rebase ${args.map((a) => (a.length > 40 ? `${a.slice(0, 8)}…` : a)).join(' ')} ${image}`, async (ctx) => {
       need(ctx);
       t = await twin(chain, (d) => ['rebase', ...args, join(d, image)]);
-      expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
-      expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+      expectSameOutput(t);
       expectSameOverlay(t, image);
     });
   }

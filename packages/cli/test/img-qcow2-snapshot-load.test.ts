@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cachedSetup, must, normaliseStderr, qcow2Requirement, run, twin } from './helpers.js';
+import { cachedSetup, expectSameOutput, must, qcow2Requirement, run, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -159,8 +159,7 @@ describe('blockgraph measure -l against qemu-img', () => {
       need(ctx);
       const t = await bothTools('measure', args);
       try {
-        expect({ status: t.b.status, stdout: t.b.stdout }).toEqual({ status: t.q.status, stdout: t.q.stdout });
-        expect(t.b.stderr).toBe(normaliseStderr(t.q.stderr));
+        expectSameOutput(t);
       } finally {
         t.cleanup();
       }

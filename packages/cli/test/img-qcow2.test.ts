@@ -8,7 +8,7 @@ import { closeSync, copyFileSync, existsSync, mkdtempSync, openSync, readdirSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { driverAvailable, filterQemuIo, IN_CI, missingTools, must, normaliseStderr, qemuImg, twin, type Twin } from './helpers.js';
+import { driverAvailable, expectSameOutput, filterQemuIo, IN_CI, missingTools, must, normaliseStderr, qemuImg, twin, type Twin } from './helpers.js';
 
 let t: Twin | undefined;
 afterEach(() => {
@@ -84,11 +84,6 @@ function faultyImages(d: string): void {
   patchU16(join(d, 'corrupt.qcow2'), 0x20000 + 2 * 7, 0);
 }
 
-function expectSame(tw: Twin): void {
-  expect({ status: tw.b.status, stdout: tw.b.stdout }).toEqual({ status: tw.q.status, stdout: tw.q.stdout });
-  expect(tw.b.stderr).toBe(normaliseStderr(tw.q.stderr));
-}
-
 function expectSameFile(tw: Twin, name: string, opts: { bytes?: boolean | 'eof-unaligned'; fmt?: string } = {}): void {
   const q = join(tw.qdir, name);
   const b = join(tw.bdir, name);
@@ -158,7 +153,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`${cmd} ${args.join(' ')}`, async (ctx) => {
         need(ctx);
         t = await sub(cmd, args);
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, cmd === 'amend' ? 'std.qcow2' : 'x.qcow2');
       });
     }
@@ -182,7 +177,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`create ${args.join(' ')}`, async (ctx) => {
         need(ctx);
         t = await sub('create', args);
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, 'x.qcow2');
       });
     }
@@ -230,21 +225,21 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`create -o ${opts}`, async (ctx) => {
         need(ctx);
         t = await sub('create', ['-f', 'qcow2', '-o', opts!, 'x.qcow2', size]);
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, 'x.qcow2');
       });
     }
     it('create failing after the file was made (an unusable data_file): the file is removed again, as by QEMU', async (ctx) => {
       need(ctx);
       t = await sub('create', ['-f', 'qcow2', '-o', 'data_file=', 'x.qcow2', '1M']);
-      expectSame(t);
+      expectSameOutput(t);
       expect(existsSync(join(t.bdir, 'x.qcow2'))).toBe(false);
       expectSameFile(t, 'x.qcow2');
     });
     it('create -o size=1.5k (the size from -o alone)', async (ctx) => {
       need(ctx);
       t = await sub('create', ['-f', 'qcow2', '-o', 'size=1.5k', 'x.qcow2']);
-      expectSame(t);
+      expectSameOutput(t);
       expectSameFile(t, 'x.qcow2');
     });
     const others: [string, string[]][] = [
@@ -282,7 +277,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`create -o ${o}`, async (ctx) => {
         need(ctx);
         t = await sub('create', ['-f', 'qcow2', '-o', o, 'x.qcow2', '1M']);
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, 'x.qcow2');
       });
     }
@@ -365,7 +360,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`${cmd} ${args.join(' ')}`, async (ctx) => {
         need(ctx);
         t = await sub(cmd, args);
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, file);
       });
     }
@@ -396,7 +391,7 @@ describe('qcow2 against QEMU 7.2', () => {
         it(`check ${args.join(' ')}${leak ? ' (and a leak)' : ''}`, async (ctx) => {
           need(ctx);
           t = await twin(corrupt(leak), (d) => ['check', ...args, join(d, 'std.qcow2')]);
-          expectSame(t);
+          expectSameOutput(t);
           expectSameFile(t, 'std.qcow2');
         });
       }
@@ -417,37 +412,37 @@ describe('qcow2 against QEMU 7.2', () => {
         ] as [string, string[]][]) {
           t?.cleanup();
           t = await sub(cmd, args);
-          expectSame(t);
+          expectSameOutput(t);
         }
       });
     }
     it('map (human) of a compressed image fails as in qemu-img', async (ctx) => {
       need(ctx);
       t = await sub('map', ['comp.qcow2']);
-      expectSame(t);
+      expectSameOutput(t);
     });
     it('info --backing-chain and map of an overlay', async (ctx) => {
       need(ctx);
       for (const args of [['--backing-chain', 'overlay.qcow2'], ['--backing-chain', '--output=json', 'overlay.qcow2']]) {
         t?.cleanup();
         t = await sub('info', args);
-        expectSame(t);
+        expectSameOutput(t);
       }
       t?.cleanup();
       t = await sub('map', ['overlay.qcow2']);
-      expectSame(t);
+      expectSameOutput(t);
     });
     it('json: and --image-opts forms', async (ctx) => {
       need(ctx);
       t = await sub('info', ['--image-opts', '--output=json', 'driver=qcow2,file.filename=std.qcow2']);
-      expectSame(t);
+      expectSameOutput(t);
     });
     it('check finds leaks (exit 3) and repairs them with -r leaks', async (ctx) => {
       need(ctx);
       for (const args of [['leak.qcow2'], ['--output=json', 'leak.qcow2'], ['-r', 'leaks', 'leak.qcow2'], ['leak.qcow2']]) {
         t?.cleanup();
         t = await sub('check', args, faultyImages);
-        expectSame(t);
+        expectSameOutput(t);
       }
     });
     it('check finds corruptions (exit 2); -r leaks cannot fix them; -r all does', async (ctx) => {
@@ -455,7 +450,7 @@ describe('qcow2 against QEMU 7.2', () => {
       for (const args of [['corrupt.qcow2'], ['--output=json', 'corrupt.qcow2'], ['-r', 'leaks', 'corrupt.qcow2'], ['-r', 'all', '--output=json', 'corrupt.qcow2']]) {
         t?.cleanup();
         t = await sub('check', args, faultyImages);
-        expectSame(t);
+        expectSameOutput(t);
       }
       expectSameFile(t!, 'corrupt.qcow2');
     });
@@ -474,7 +469,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`compare ${args.join(' ')}`, async (ctx) => {
         need(ctx);
         t = await sub('compare', args);
-        expectSame(t);
+        expectSameOutput(t);
       });
     }
     const conv: [string[], string, boolean | 'eof-unaligned'][] = [
@@ -495,7 +490,7 @@ describe('qcow2 against QEMU 7.2', () => {
       it(`convert ${args.join(' ')}`, async (ctx) => {
         need(ctx);
         t = await sub('convert', args, refImages, args.includes('-c'));
-        expectSame(t);
+        expectSameOutput(t);
         expectSameFile(t, out, { bytes, fmt: out.endsWith('.raw') ? 'raw' : 'qcow2' });
       });
     }

@@ -6,7 +6,7 @@
  * twin images.
  */
 import { describe, expect, it } from 'vitest';
-import { bgSpawn, mustIn, normaliseStderr, qcow2Requirement, run, tempDir } from './helpers.js';
+import { bgSpawn, expectSameOutput, mustIn, qcow2Requirement, run, tempDir } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -35,8 +35,7 @@ describe('map and the metadata-preallocation guess', () => {
         image(bd.dir, dataClusters);
         const q = run('qemu-img', ['map', '--output=json', 'c.qcow2'], { cwd: qd.dir });
         const b = bgSpawn(['map', '--output=json', 'c.qcow2'], { cwd: bd.dir });
-        expect({ status: b.status, stdout: b.stdout }).toEqual({ status: q.status, stdout: q.stdout });
-        expect(b.stderr).toBe(normaliseStderr(q.stderr));
+        expectSameOutput({ b, q });
         // Each case shows what it is about: the zero data cluster at 2 MiB reads as zero only when guessed.
         const zeroCluster = (JSON.parse(q.stdout) as { start: number; zero: boolean }[]).find((e) => e.start === 2 * 1024 * 1024);
         expect(zeroCluster?.zero).toBe(dataClusters === 4);

@@ -7,7 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { must, normaliseStderr, qcow2Requirement, qemuImg, twin } from './helpers.js';
+import { expectSameOutput, must, qcow2Requirement, qemuImg, twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -35,11 +35,7 @@ describe('resize --shrink frees the refcount blocks left empty, as qemu-img does
       need(ctx);
       const t = await twin(image(opts), (d) => ['resize', '--shrink', '-f', 'qcow2', join(d, 'img.qcow2'), size]);
       try {
-        expect({ status: t.b.status, stdout: t.b.stdout, stderr: t.b.stderr }).toEqual({
-          status: t.q.status,
-          stdout: t.q.stdout,
-          stderr: normaliseStderr(t.q.stderr),
-        });
+        expectSameOutput(t);
         expect(t.q.status).toBe(0);
         const q = join(t.qdir, 'img.qcow2');
         const b = join(t.bdir, 'img.qcow2');

@@ -15,6 +15,7 @@ import {
   l2ClusterType,
 } from '../format/index.js';
 import { changeRefcountOrder } from './amend-refcount.js';
+import { QCOW2_CREATE_OPTIONS } from './create.js';
 import { Mapping, mapLocked } from './cluster.js';
 import { markClean, updateHeader } from './header-io.js';
 import { optBool, optNumber, optSize } from './opt-values.js';
@@ -45,14 +46,15 @@ export const QCOW2_AMEND_OPTIONS: OptionSchema = {
       iterTime: { type: 'integer', description: 'Time to spend in PBKDF in milliseconds' },
     },
   },
+  // QCOW_COMMON_OPTIONS, shared with creation (only size has no lower bound here).
   size: { type: 'size', description: 'Virtual disk size' },
-  compat: { type: 'string', description: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  backingFile: { type: 'string', description: 'File name of a base image' },
-  backingFmt: { type: 'string', description: 'Image format of the base image' },
-  dataFile: { type: 'string', description: 'File name of an external data file' },
-  dataFileRaw: { type: 'boolean', description: 'The external data file must stay valid as a raw image' },
-  lazyRefcounts: { type: 'boolean', description: 'Postpone refcount updates' },
-  refcountBits: { type: 'integer', description: 'Width of a reference count entry in bits' },
+  compat: QCOW2_CREATE_OPTIONS.compat,
+  backingFile: QCOW2_CREATE_OPTIONS.backingFile,
+  backingFmt: QCOW2_CREATE_OPTIONS.backingFmt,
+  dataFile: QCOW2_CREATE_OPTIONS.dataFile,
+  dataFileRaw: QCOW2_CREATE_OPTIONS.dataFileRaw,
+  lazyRefcounts: QCOW2_CREATE_OPTIONS.lazyRefcounts,
+  refcountBits: QCOW2_CREATE_OPTIONS.refcountBits,
 };
 
 /** An error with QEMU's hint line (error_append_hint), printed after the message. */

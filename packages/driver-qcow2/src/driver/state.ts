@@ -12,6 +12,8 @@ import {
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
+  OFFSET_MASK_HI,
+  OFFSET_MASK_LO,
   AUTOCLEAR_DATA_FILE_RAW,
   headerGeometry,
   l1EntryL2Offset,
@@ -226,7 +228,7 @@ export class Qcow2State {
   /** The L2 table offset of an L1 entry as the overlap check reads it: masked, not validated. */
   private l2TableOffset(index: number): number {
     const v = this.l1View;
-    return (v.getUint32(index * 8) & 0x00ffffff) * 4294967296 + ((v.getUint32(index * 8 + 4) & 0xfffffe00) >>> 0);
+    return (v.getUint32(index * 8) & OFFSET_MASK_HI) * 4294967296 + ((v.getUint32(index * 8 + 4) & OFFSET_MASK_LO) >>> 0);
   }
 
   private l2TableMoved(index: number, before: number): void {
