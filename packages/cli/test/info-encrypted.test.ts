@@ -24,14 +24,15 @@ function cryptoAreaOffset(bytes: Buffer): number {
 
 /**
  * qemu-img create of a LUKS image. QEMU first times PBKDF2 on the thread's CPU clock and gives up with "Unable to
- * get accurate CPU usage" when one round measures 0 ms (seen once under CI load): that is QEMU's flake, retried.
+ * get accurate CPU usage" when one round measures 0 ms: that is QEMU's flake, retried. It hits a quarter of the
+ * runs on an idle machine here, and more under load, so the attempts are many.
  */
 function createLuks(path: string, options: string): void {
   const args = ['create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=blockgraph', '-o', options, path, '8M'];
   for (let attempt = 1; ; attempt++) {
     const r = run('qemu-img', args);
     if (r.status === 0) return;
-    if (attempt >= 5 || !r.stderr.includes('Unable to get accurate CPU usage')) {
+    if (attempt >= 30 || !r.stderr.includes('Unable to get accurate CPU usage')) {
       throw new Error(`qemu-img ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
     }
   }
