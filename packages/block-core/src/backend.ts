@@ -205,6 +205,24 @@ export class BlockBackend implements ChildParent {
     }
   }
 
+  /**
+   * blk_co_copy_range(): copy `bytes` at `offset` of this backend to `dst` at `dstOffset` without a buffer (copy
+   * offloading). Rejects with ENOTSUP where a node on either side cannot offload; copy through a buffer then.
+   */
+  async copyRange(offset: number, dst: BlockBackend, dstOffset: number, bytes: number, readFlags: ReqFlags = 0, writeFlags: ReqFlags = 0): Promise<void> {
+    const src = await this.enter(offset, bytes, false);
+    try {
+      const out = await dst.enter(dstOffset, bytes, true);
+      try {
+        await src.copyRangeFrom(offset, out, dstOffset, bytes, readFlags, writeFlags);
+      } finally {
+        dst.leave();
+      }
+    } finally {
+      this.leave();
+    }
+  }
+
   async pdiscard(offset: number, bytes: number): Promise<void> {
     const c = await this.enter(offset, bytes, true);
     try {

@@ -5,6 +5,7 @@ import { IOVector } from './iovec.js';
 import type { ReqFlags } from './flags.js';
 import type { PreallocMode } from './spec.js';
 import * as io from './io.js';
+import { copyRangeFrom, copyRangeTo } from './copy-range.js';
 import { blockStatus, type BlockStatusResult } from './block-status.js';
 
 /** Whoever holds an edge: a node, a BlockBackend, a job. */
@@ -75,6 +76,16 @@ export class Child {
 
   pdiscard(offset: number, bytes: number): Promise<void> {
     return io.pdiscard(this, offset, bytes);
+  }
+
+  /** Copy offloading from this child's node to `dst` (see copy-range.ts); ENOTSUP means "copy through a buffer". */
+  copyRangeFrom(offset: number, dst: Child, dstOffset: number, bytes: number, readFlags: ReqFlags = 0, writeFlags: ReqFlags = 0): Promise<void> {
+    return copyRangeFrom(this, offset, dst, dstOffset, bytes, readFlags, writeFlags);
+  }
+
+  /** Copy offloading from `src` into this child's node. */
+  copyRangeTo(src: Child, srcOffset: number, offset: number, bytes: number, readFlags: ReqFlags = 0, writeFlags: ReqFlags = 0): Promise<void> {
+    return copyRangeTo(src, srcOffset, this, offset, bytes, readFlags, writeFlags);
   }
 
   flush(): Promise<void> {

@@ -33,7 +33,7 @@ export const alignUp = (n: number, a: number): number => {
   return r ? n + a - r : n;
 };
 
-function checkRequest(offset: number, bytes: number): void {
+export function checkRequest(offset: number, bytes: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 || offset + bytes > MAX_LENGTH) {
     throw new BlockError('EIO', `Invalid request: offset ${offset}, length ${bytes}`);
   }
@@ -43,7 +43,7 @@ export function checkNodeOpen(node: BlockNode): void {
   if (!node.opened || node.closed) throw new BlockError('ENOMEDIUM', `Node '${node.nodeName}' is not open`);
 }
 
-function requestEnd(node: BlockNode): void {
+export function requestEnd(node: BlockNode): void {
   if (--node.inFlight === 0) node.graph.kick();
 }
 
@@ -291,7 +291,7 @@ async function zeroPwritev(
   }
 }
 
-function checkWritePermission(child: Child, offset: number, bytes: number, flags: ReqFlags): void {
+export function checkWritePermission(child: Child, offset: number, bytes: number, flags: ReqFlags): void {
   const node = child.node;
   if (flags & ReqFlag.WRITE_UNCHANGED) {
     if (!(child.perm & (Perm.WRITE | Perm.WRITE_UNCHANGED))) {
@@ -357,7 +357,7 @@ export async function alignedPwritev(
  * bdrv_co_write_req_finish(): grow the node past its end (only after a successful write), mark dirty bitmaps
  * (even after a failure: what the write did is unknown).
  */
-function writeRequestFinish(node: BlockNode, offset: number, bytes: number, type: 'write' | 'failed-write' | 'discard'): void {
+export function writeRequestFinish(node: BlockNode, offset: number, bytes: number, type: 'write' | 'failed-write' | 'discard'): void {
   node.writeGen++;
   // Sizes are whole 512-byte sectors, as QEMU's total_sectors.
   const end = sectorRound(offset + bytes);

@@ -202,6 +202,18 @@ export interface BlockDriverInstance {
   pwritevCompressed?(offset: number, bytes: number, qiov: IOVector): Promise<void>;
   blockStatus?(wantZero: boolean, offset: number, bytes: number): Promise<BlockStatusReply> | BlockStatusReply;
   /**
+   * Copy offloading, source side (bdrv_co_copy_range_from): copy `bytes` at `offset` of this node, which its
+   * parent reaches through `src`, to `dst` at `dstOffset` without reading them into a buffer. A driver hands the
+   * range on: to the child that holds the bytes (`child.copyRangeFrom`), or, at the bottom, to the destination
+   * (`dst.copyRangeTo`). Throw BlockError ENOTSUP where that is not possible; callers then copy through a buffer.
+   */
+  copyRangeFrom?(src: Child, offset: number, dst: Child, dstOffset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void>;
+  /**
+   * Copy offloading, destination side (bdrv_co_copy_range_to): `dst` is the edge into this node. A format
+   * allocates where the range goes and hands it on to its file (`file.copyRangeTo`); a protocol driver copies.
+   */
+  copyRangeTo?(src: Child, srcOffset: number, dst: Child, offset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void>;
+  /**
    * For pass-through drivers (filters, raw): the child that holds the bytes at `offset`, and the offset there.
    * The core uses it to extend copy-on-read exclusion to every layer a copy-up goes through.
    */

@@ -10,6 +10,7 @@ import {
   NO_CAPABILITIES,
   ReqFlag,
   type BlockDriver,
+  type Child,
   type IOVector,
 } from '../src/index.js';
 
@@ -91,6 +92,24 @@ export const testMemDriver: BlockDriver = defineBlockDriver({
         grow(offset + bytes);
         data.fill(0, offset, offset + bytes);
         mark(offset, bytes, flags & ReqFlag.MAY_UNMAP ? 0 : 1);
+      },
+      /** Copy offloading between test-mem nodes: the destination copies out of the source's array. */
+      copyRangeFrom(src: Child, offset: number, dst: Child, dstOffset: number, bytes: number, rf: number, wf: number) {
+        return dst.copyRangeTo(src, offset, dstOffset, bytes, rf, wf);
+      },
+      async copyRangeTo(src: Child, srcOffset: number, _dst: Child, offset: number, bytes: number) {
+        const from = (src.node.impl as { peek?: (o: number, n: number) => Uint8Array }).peek;
+        if (!from) throw new BlockError('ENOTSUP', 'test-mem copies only from test-mem');
+        await delay();
+        const bytesIn = from(srcOffset, bytes);
+        grow(offset + bytes);
+        data.set(bytesIn, offset);
+        mark(offset, bytes, 1);
+      },
+      peek: (offset: number, bytes: number): Uint8Array => {
+        const out = new Uint8Array(bytes);
+        out.set(data.subarray(offset, Math.min(offset + bytes, data.byteLength)));
+        return out;
       },
       async pdiscard(offset: number, bytes: number) {
         await delay();

@@ -114,6 +114,16 @@ class RawInstance implements BlockDriverInstance {
     return this.file.pdiscard(offset + this.offset, bytes);
   }
 
+  copyRangeFrom(_src: Child, offset: number, dst: Child, dstOffset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void> {
+    if (this.outside(offset, bytes)) return this.refuse(offset, bytes, false);
+    return this.file.copyRangeFrom(offset + this.offset, dst, dstOffset, bytes, readFlags, writeFlags);
+  }
+
+  copyRangeTo(src: Child, srcOffset: number, _dst: Child, offset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void> {
+    if (this.outside(offset, bytes)) return this.refuse(offset, bytes, true);
+    return this.file.copyRangeTo(src, srcOffset, offset + this.offset, bytes, readFlags, writeFlags);
+  }
+
   blockStatus(_wantZero: boolean, offset: number, bytes: number): BlockStatusReply {
     return { status: BlockStatus.RAW | BlockStatus.OFFSET_VALID, pnum: bytes, map: offset + this.offset, file: this.file.node };
   }

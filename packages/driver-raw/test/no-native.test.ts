@@ -76,6 +76,20 @@ describe('file driver without the native helper', () => {
     await graph.close();
   });
 
+  it('has no copy offloading: ENOTSUP, the caller copies through a buffer', async () => {
+    const graph = newGraph();
+    const a = join(tmp.dir, 'cr-a.raw');
+    const b = join(tmp.dir, 'cr-b.raw');
+    await graph.createImage('file', { filename: a, size: MiB });
+    await graph.createImage('file', { filename: b, size: MiB });
+    const src = graph.backend(await graph.openImage(a, { format: 'raw' }));
+    const dst = graph.backend(await graph.openImage(b, { format: 'raw' }));
+    await src.pwrite(0, new Uint8Array(4096).fill(0x3c));
+    await expect(src.copyRange(0, dst, 0, 4096)).rejects.toMatchObject({ code: 'ENOTSUP' });
+    expect((await dst.read(0, 4096)).every((x) => x === 0)).toBe(true);
+    await graph.close();
+  });
+
   it("locking=on fails clearly without the helper; auto and off don't lock", async () => {
     const p = join(tmp.dir, 'c.raw');
     const graph = newGraph();

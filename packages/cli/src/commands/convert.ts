@@ -65,6 +65,8 @@ export interface ConvertOptions {
   progress: Progress;
   /** Bytes per second, 0 = unlimited. */
   rateLimit: number;
+  /** -C: copy data without a buffer where the graph can (falls back to reading and writing at the first failure). */
+  copyRange: boolean;
 }
 
 /** A tiny async mutex (qemu_co_mutex). */
@@ -98,6 +100,7 @@ export class Converter {
   private readonly numCoroutines: number;
   private readonly writeFlags: number;
   private readonly progress: Progress;
+  private copyRange: boolean;
 
   private status: Status = Status.DATA;
   private sectorNextStatus = 0;
@@ -118,6 +121,7 @@ export class Converter {
     this.wrInOrder = o.wrInOrder;
     this.numCoroutines = o.numCoroutines;
     this.progress = o.progress;
+    this.copyRange = o.copyRange;
     this.targetHasBacking = o.targetHasBacking;
     this.writeFlags = o.writethrough ? ReqFlag.FUA : 0;
     this.rate = { limit: o.rateLimit, start: Date.now(), bytes: 0 };
@@ -256,6 +260,19 @@ export class Converter {
     }
   }
 
+  /** convert_co_copy_range(): across source boundaries if need be. */
+  private async copy(sectorNum: number, nbSectors: number): Promise<void> {
+    while (nbSectors > 0) {
+      const part = this.selectPart(sectorNum);
+      const src = this.src[part.index]!;
+      const n = Math.min(nbSectors, src.sectors - (sectorNum - part.offset));
+      await this.throttle(n * SECTOR);
+      await src.blk.copyRange((sectorNum - part.offset) * SECTOR, this.target, sectorNum * SECTOR, n * SECTOR);
+      sectorNum += n;
+      nbSectors -= n;
+    }
+  }
+
   private async throttle(bytes: number): Promise<void> {
     const r = this.rate;
     if (!r.limit) return;
@@ -296,33 +313,48 @@ export class Converter {
         this.allocatedDone += n;
         this.progress.print((100.0 * this.allocatedDone) / this.allocatedSectors, 0);
       }
-      try {
-        if (status === Status.DATA) {
-          try {
-            await this.read(sectorNum, n, buf);
-          } catch (e) {
-            throw new CliError(`error while reading at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
-          }
-        } else if (!this.minSparse && status === Status.ZERO) {
-          status = Status.DATA;
-          buf.fill(0, 0, n * SECTOR);
-        }
-      } catch (e) {
-        this.ret ??= e;
-      }
-      if (this.wrInOrder) {
-        // Keep writes in order.
-        while (this.wrOffs !== sectorNum && this.ret === null) {
-          await new Promise<void>((r) => this.orderWaiters.set(sectorNum, r));
-        }
-        this.orderWaiters.delete(sectorNum);
-      }
-      if (this.ret === null) {
+      for (;;) {
+        const copy = this.copyRange && status === Status.DATA;
         try {
-          await this.write(sectorNum, n, buf, status, words);
+          if (status === Status.DATA && !copy) {
+            try {
+              await this.read(sectorNum, n, buf);
+            } catch (e) {
+              throw new CliError(`error while reading at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
+            }
+          } else if (!this.minSparse && status === Status.ZERO) {
+            status = Status.DATA;
+            buf.fill(0, 0, n * SECTOR);
+          }
         } catch (e) {
-          this.ret ??= new CliError(`error while writing at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
+          this.ret ??= e;
         }
+        if (this.wrInOrder) {
+          // Keep writes in order.
+          while (this.wrOffs !== sectorNum && this.ret === null) {
+            await new Promise<void>((r) => this.orderWaiters.set(sectorNum, r));
+          }
+          this.orderWaiters.delete(sectorNum);
+        }
+        if (this.ret === null) {
+          if (copy) {
+            try {
+              await this.copy(sectorNum, n);
+            } catch {
+              // As qemu-img: any failure ends offloading for the rest of the run, and this chunk is copied again
+              // through the buffer (chunks already offloading finish as they are).
+              this.copyRange = false;
+              continue;
+            }
+          } else {
+            try {
+              await this.write(sectorNum, n, buf, status, words);
+            } catch (e) {
+              this.ret ??= new CliError(`error while writing at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
+            }
+          }
+        }
+        break;
       }
       if (this.wrInOrder) {
         this.wrOffs = sectorNum + n;
@@ -670,6 +702,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         writethrough: target.writethrough,
         progress: prog,
         rateLimit,
+        copyRange,
       });
       await conv.run();
       await target.blk.flush();

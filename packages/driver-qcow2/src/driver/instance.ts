@@ -1,6 +1,7 @@
 import {
   BlockError,
   ReqFlag,
+  type Child,
   type BlockLimits,
   type BlockStatusReply,
   type CheckFix,
@@ -20,6 +21,7 @@ import { BME_FLAG_AUTO, BME_FLAG_IN_USE, INCOMPAT_CORRUPT } from '../format/inde
 import { flushCaches, markClean, writeCaches } from './header-io.js';
 import { cacheSizes } from './options.js';
 import * as rw from './rw.js';
+import { copyRangeFrom, copyRangeTo } from './copy-range.js';
 import { runCheck, runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 import { truncateImage } from './truncate.js';
@@ -94,6 +96,14 @@ export class Qcow2Instance implements BlockDriverInstance {
 
   pwriteZeroes(offset: number, bytes: number, flags: ReqFlags): Promise<void> {
     return rw.pwriteZeroes(this.state, offset, bytes, flags);
+  }
+
+  copyRangeFrom(_src: Child, offset: number, dst: Child, dstOffset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void> {
+    return copyRangeFrom(this.state, offset, dst, dstOffset, bytes, readFlags, writeFlags);
+  }
+
+  copyRangeTo(src: Child, srcOffset: number, _dst: Child, offset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void> {
+    return copyRangeTo(this.state, src, srcOffset, offset, bytes, readFlags, writeFlags);
   }
 
   /** qcow2_save_vmstate(): an ordinary write at the VM state area, past the guest disk's last L1 entry. */

@@ -226,7 +226,7 @@ function inPlace(s: Qcow2State, offset: number, bytes: number): number {
 }
 
 /** Overlap check for a data write; async only when something is hit. */
-function dataOverlap(s: Qcow2State, host: number, bytes: number): Promise<void> | undefined {
+export function dataOverlap(s: Qcow2State, host: number, bytes: number): Promise<void> | undefined {
   if (s.hasDataFile) return undefined;
   if (checkMetadataOverlap(s, 0, host, bytes) === 0) return undefined;
   return preWriteOverlapCheck(s, 0, host, bytes, true);
@@ -320,7 +320,7 @@ export async function performCow(s: Qcow2State, m: L2Meta): Promise<void> {
   }
 }
 
-async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
+export async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
   if (!s.lock.tryLock()) await s.lock.lock();
   try {
     return await fn();
@@ -330,7 +330,7 @@ async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
 }
 
 /** Link the allocations of a finished write (or give them back when something failed). */
-async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: boolean): Promise<void> {
+export async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: boolean): Promise<void> {
   if (metas.length === 0) return;
   await withLock(s, async () => {
     let i = 0;

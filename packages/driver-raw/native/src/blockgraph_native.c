@@ -7,7 +7,7 @@
  * no thread-pool round trip; the *Async ones wait for the disk and run on a
  * thread (fallocate on libuv's pool, fdatasync and sync_file_range on side
  * threads of their own). Buffered writes can go through a queue per file,
- * drained by a side thread (pwritevQueued). Failures throw an Error (or reject with one) whose `code` is
+ * drained by a side thread (pwritevQueued); copy_file_range runs on a side thread too (copyFileRangeAsync). Failures throw an Error (or reject with one) whose `code` is
  * the errno name, the same shape as Node's own fs errors. Also: cachestat(2).
  */
 #ifndef _GNU_SOURCE
@@ -41,7 +41,7 @@
 
 #include <node_api.h>
 
-#define BLOCKGRAPH_NATIVE_VERSION "1.6.0"
+#define BLOCKGRAPH_NATIVE_VERSION "1.7.0"
 
 /* Offsets arrive as JS numbers; beyond 2^53 they are no longer exact. */
 #define MAX_SAFE_INTEGER 9007199254740991.0
@@ -503,7 +503,7 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
 #define SIDE_MAX_THREADS 64
 #define SIDE_IDLE_SECONDS 10
 
-typedef enum { SIDE_FDATASYNC, SIDE_START_WRITEBACK } SideOp;
+typedef enum { SIDE_FDATASYNC, SIDE_START_WRITEBACK, SIDE_COPY_RANGE } SideOp;
 
 /* What the side threads run: a job of its own (a flush), or the draining of one file's write queue. */
 typedef struct SideTask {
@@ -526,6 +526,9 @@ typedef struct SideJob {
     int fd;
     int64_t offset;
     int64_t length;
+    /* SIDE_COPY_RANGE: the file and offset copied to (fd and offset are the source). */
+    int fd_out;
+    int64_t offset_out;
     int err;
 } SideJob;
 
@@ -539,7 +542,7 @@ static int side_queued, side_threads, side_busy;
 
 static const char *side_syscall(SideOp op)
 {
-    return op == SIDE_FDATASYNC ? "fdatasync" : "sync_file_range";
+    return op == SIDE_FDATASYNC ? "fdatasync" : op == SIDE_COPY_RANGE ? "copy_file_range" : "sync_file_range";
 }
 
 /*
@@ -598,10 +601,39 @@ static void side_settle(napi_env env, napi_value js_cb, void *context, void *dat
     if (env != NULL && --state->side_pending == 0) napi_unref_threadsafe_function(env, state->side_tsfn);
 }
 
+/* The whole range with copy_file_range(2), as QEMU's handle_aiocb_copy_range(): no progress (the source ends
+ * early) is ENOSPC and a kernel without the call ENOTSUP, both of which tell the caller to copy through a buffer
+ * instead. 0 or an errno. */
+static int copy_range_run(SideJob *job)
+{
+#ifdef __linux__
+    loff_t in = (loff_t)job->offset;
+    loff_t out = (loff_t)job->offset_out;
+    int64_t left = job->length;
+    while (left > 0) {
+        size_t chunk = left > (int64_t)0x40000000 ? (size_t)0x40000000 : (size_t)left;
+        ssize_t n = copy_file_range(job->fd, &in, job->fd_out, &out, chunk, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno == ENOSYS ? ENOTSUP : errno;
+        if (n == 0) return ENOSPC;
+        left -= n;
+    }
+    return 0;
+#else
+    (void)job;
+    return ENOTSUP;
+#endif
+}
+
 static void side_job_run(SideTask *task)
 {
     SideJob *job = CONTAINER_OF(task, SideJob, task);
     int ret;
+    if (job->op == SIDE_COPY_RANGE) {
+        job->err = copy_range_run(job);
+        if (napi_call_threadsafe_function(job->tsfn, job, napi_tsfn_nonblocking) != napi_ok) free(job);
+        return;
+    }
     do {
         if (job->op == SIDE_FDATASYNC) {
             ret = fdatasync(job->fd);
@@ -706,7 +738,8 @@ static AddonState *side_state(napi_env env)
     return state;
 }
 
-static napi_value start_side_job(napi_env env, SideOp op, int fd, int64_t offset, int64_t length)
+static napi_value start_side_job_to(napi_env env, SideOp op, int fd, int64_t offset, int64_t length, int fd_out,
+                                    int64_t offset_out)
 {
     AddonState *state = side_state(env);
     if (state == NULL) return NULL;
@@ -722,6 +755,8 @@ static napi_value start_side_job(napi_env env, SideOp op, int fd, int64_t offset
     job->fd = fd;
     job->offset = offset;
     job->length = length;
+    job->fd_out = fd_out;
+    job->offset_out = offset_out;
     napi_value promise;
     if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
         free(job);
@@ -901,6 +936,11 @@ static napi_value pwritev_queued(napi_env env, napi_callback_info info)
     return promise;
 }
 
+static napi_value start_side_job(napi_env env, SideOp op, int fd, int64_t offset, int64_t length)
+{
+    return start_side_job_to(env, op, fd, offset, length, -1, 0);
+}
+
 static napi_value do_fdatasync_async(napi_env env, napi_callback_info info)
 {
     napi_value argv[1];
@@ -915,6 +955,24 @@ static napi_value do_start_writeback_async(napi_env env, napi_callback_info info
     int64_t offset, length;
     if (!get_fd_range(env, info, &fd, &offset, &length)) return NULL;
     return start_side_job(env, SIDE_START_WRITEBACK, fd, offset, length);
+}
+
+/* copyFileRangeAsync(fdIn, offsetIn, fdOut, offsetOut, length) */
+static napi_value do_copy_file_range_async(napi_env env, napi_callback_info info)
+{
+    napi_value argv[5];
+    int fd_in, fd_out;
+    int64_t offset_in, offset_out, length;
+    if (!get_args(env, info, 5, argv) || !get_fd(env, argv[0], &fd_in) ||
+        !get_integer(env, argv[1], "offsetIn", &offset_in) || !get_fd(env, argv[2], &fd_out) ||
+        !get_integer(env, argv[3], "offsetOut", &offset_out) || !get_integer(env, argv[4], "length", &length)) {
+        return NULL;
+    }
+    if (offset_in < 0 || offset_out < 0 || length < 0) {
+        napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "offsets and length must not be negative");
+        return NULL;
+    }
+    return start_side_job_to(env, SIDE_COPY_RANGE, fd_in, offset_in, length, fd_out, offset_out);
 }
 
 /* cachestat(2) (Linux 6.5+): how many pages of a file range are in the page cache, dirty, under writeback.
@@ -1185,6 +1243,7 @@ NAPI_MODULE_INIT()
               export_function(env, exports, "fdatasyncAsync", do_fdatasync_async) &&
               export_function(env, exports, "startWritebackAsync", do_start_writeback_async) &&
               export_function(env, exports, "pwritevQueued", pwritev_queued) &&
+              export_function(env, exports, "copyFileRangeAsync", do_copy_file_range_async) &&
               export_function(env, exports, "pageCacheStat", page_cache_stat) &&
               export_function(env, exports, "ofdLock", ofd_lock) &&
               export_function(env, exports, "ofdTest", ofd_test) &&

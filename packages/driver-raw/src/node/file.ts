@@ -25,6 +25,7 @@ import {
   type BlockDriverInstance,
   type BlockLimits,
   type BlockNode,
+  type Child,
   type Graph,
   type BlockStatusReply,
   type DriverCapabilities,
@@ -219,6 +220,27 @@ class FileInstance implements BlockDriverInstance {
         : pwritevFull(this.fd, iov, bytes, offset);
     const ahead = this.writebackAhead;
     return ahead ? written.then(() => ahead.written(offset, bytes)) : written;
+  }
+
+  /** raw_co_copy_range_from(): the bytes are in this file; the destination side takes the range from here. */
+  copyRangeFrom(src: Child, offset: number, dst: Child, dstOffset: number, bytes: number, readFlags: ReqFlags, writeFlags: ReqFlags): Promise<void> {
+    return dst.copyRangeTo(src, offset, dstOffset, bytes, readFlags, writeFlags);
+  }
+
+  /** raw_co_copy_range_to(): from one file to another in the kernel (copy_file_range), with the helper (1.7+). */
+  async copyRangeTo(src: Child, srcOffset: number, _dst: Child, offset: number, bytes: number): Promise<void> {
+    const from = src.node.impl;
+    if (!(from instanceof FileInstance)) {
+      throw new BlockError('ENOTSUP', `Copy offloading into file '${this.filename}' needs a file as its source`);
+    }
+    if (!this.native?.copyFileRangeAsync) {
+      throw new BlockError('ENOTSUP', 'Copy offloading needs the native helper (version 1.7 or later)');
+    }
+    try {
+      await this.native.copyFileRangeAsync(from.fd, srcOffset, this.fd, offset, bytes);
+    } catch (e) {
+      throw ioError(e);
+    }
   }
 
   /** Access mode and cache flags for (re)opening this file. */

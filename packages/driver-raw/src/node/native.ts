@@ -86,6 +86,12 @@ export interface NativeHelper {
    */
   pwritevQueued?(fd: number, buffers: readonly Uint8Array[], position: number): Promise<void>;
   /**
+   * copy_file_range(2) of `length` bytes from `fdIn` at `offsetIn` to `fdOut` at `offsetOut`, on a side thread
+   * (helpers since 1.7), continued after short copies. Rejects with ENOTSUP where the kernel has no such call and
+   * with ENOSPC when the source ends before the range does: both mean "copy through a buffer instead".
+   */
+  copyFileRangeAsync?(fdIn: number, offsetIn: number, fdOut: number, offsetOut: number, length: number): Promise<void>;
+  /**
    * cachestat(2) (Linux 6.5+; helpers since 1.4): pages of the range that are in the page cache, dirty and under
    * writeback. length 0 means to the end of the file. Throws ENOSYS on older kernels.
    */
