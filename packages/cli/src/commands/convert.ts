@@ -67,6 +67,12 @@ export interface ConvertOptions {
   rateLimit: number;
   /** -C: copy data without a buffer where the graph can (falls back to reading and writing at the first failure). */
   copyRange: boolean;
+  /**
+   * --salvage: read errors cost only the sectors that fail (read as zeroes, with a warning each), and block status
+   * errors only their sector (treated as data); `warn` prints the warnings (nothing with -q).
+   */
+  salvage: boolean;
+  warn: (message: string) => void;
 }
 
 /** A tiny async mutex (qemu_co_mutex). */
@@ -101,6 +107,8 @@ export class Converter {
   private readonly writeFlags: number;
   private readonly progress: Progress;
   private copyRange: boolean;
+  private readonly salvage: boolean;
+  private readonly warn: (message: string) => void;
 
   private status: Status = Status.DATA;
   private sectorNextStatus = 0;
@@ -122,6 +130,8 @@ export class Converter {
     this.numCoroutines = o.numCoroutines;
     this.progress = o.progress;
     this.copyRange = o.copyRange;
+    this.salvage = o.salvage;
+    this.warn = o.warn;
     this.targetHasBacking = o.targetHasBacking;
     this.writeFlags = o.writethrough ? ReqFlag.FUA : 0;
     this.rate = { limit: o.rateLimit, start: Date.now(), bytes: 0 };
@@ -174,12 +184,25 @@ export class Converter {
         ret = BlockStatus.ZERO | BlockStatus.ALLOCATED;
         count = n * SECTOR;
       } else {
-        try {
-          const r = await blockStatusAbove(src.top, base, false, true, offset, Math.min(n * SECTOR, avail));
-          ret = r.ret;
-          count = r.pnum;
-        } catch (e) {
-          throw new CliError(`error while reading block status at offset ${offset}: ${strerror(e)}`);
+        for (;;) {
+          try {
+            const r = await blockStatusAbove(src.top, base, false, true, offset, Math.min(n * SECTOR, avail));
+            ret = r.ret;
+            count = r.pnum;
+            break;
+          } catch (e) {
+            if (!this.salvage) throw new CliError(`error while reading block status at offset ${offset}: ${strerror(e)}`);
+            if (n > 1) {
+              // Narrow down to the failing sector, a quarter at a time.
+              n = Math.ceil(n / 4);
+              continue;
+            }
+            this.warn(`error while reading block status at offset ${offset}: ${strerror(e)}`);
+            // Just try to read the data, then.
+            ret = BlockStatus.DATA;
+            count = SECTOR;
+            break;
+          }
         }
       }
       n = Math.ceil(count / SECTOR);
@@ -208,14 +231,27 @@ export class Converter {
   /** convert_co_read(): across source boundaries if need be. */
   private async read(sectorNum: number, nbSectors: number, buf: Uint8Array): Promise<void> {
     let pos = 0;
+    // With --salvage, after a failed read: sector by sector up to here.
+    let singleReadUntil = 0;
     while (nbSectors > 0) {
       const part = this.selectPart(sectorNum);
       const src = this.src[part.index]!;
-      const n = Math.min(nbSectors, src.sectors - (sectorNum - part.offset));
+      let n = Math.min(nbSectors, src.sectors - (sectorNum - part.offset));
       const offset = (sectorNum - part.offset) * SECTOR;
+      if (singleReadUntil > offset) n = 1;
       const want = n * SECTOR;
       const avail = Math.max(0, Math.min(want, src.bytes - offset));
-      if (avail > 0) await src.blk.pread(offset, buf.subarray(pos, pos + avail));
+      try {
+        if (avail > 0) await src.blk.pread(offset, buf.subarray(pos, pos + avail));
+      } catch (e) {
+        if (!this.salvage) throw e;
+        if (n > 1) {
+          singleReadUntil = offset + want;
+          continue;
+        }
+        this.warn(`error while reading offset ${offset}: ${strerror(e)}`);
+        buf.fill(0, pos, pos + want);
+      }
       if (avail < want) buf.fill(0, pos + avail, pos + want);
       sectorNum += n;
       nbSectors -= n;
@@ -703,6 +739,10 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         progress: prog,
         rateLimit,
         copyRange,
+        salvage,
+        warn: (m) => {
+          if (!quiet) ctx.warn(m);
+        },
       });
       await conv.run();
       await target.blk.flush();

@@ -1,0 +1,82 @@
+/**
+ * `convert --salvage` against qemu-img 7.2: unreadable sectors are converted as zeroes with a warning each (a failed
+ * read is retried sector by sector), and a failed block status lookup is narrowed down a quarter at a time to the
+ * failing sector, which is then read as data. The sources are damaged qcow2 images: a compressed cluster whose
+ * deflate stream is garbage, and an L1 entry with an unaligned L2 table offset.
+ */
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { cachedSetup, expectSameOutput, must, qcow2Requirement, twin, type Twin } from './helpers.js';
+
+const need = qcow2Requirement();
+
+let t: Twin | undefined;
+afterEach(() => {
+  t?.cleanup();
+  t = undefined;
+});
+
+function u64(fd: number, at: number): bigint {
+  const b = Buffer.alloc(8);
+  readSync(fd, b, 0, 8, at);
+  return b.readBigUInt64BE();
+}
+
+function putU64(fd: number, at: number, v: bigint): void {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(v);
+  writeSync(fd, b, 0, 8, at);
+}
+
+const images = cachedSetup((d) => {
+  // 64 KiB clusters: data, a compressed cluster, data.
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'comp.qcow2'), '1M');
+  must('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 64k', '-c', 'write -c -P 2 64k 64k', '-c', 'write -P 3 128k 64k', join(d, 'comp.qcow2'));
+  let fd = openSync(join(d, 'comp.qcow2'), 'r+');
+  const l1 = Number(u64(fd, 40));
+  const l2 = Number(u64(fd, l1) & 0x00fffffffffffe00n);
+  // Compressed descriptor (cluster_bits 16: the host offset is the low 54 bits); overwrite its data.
+  const host = Number(u64(fd, l2 + 8) & ((1n << 54n) - 1n));
+  writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, host);
+  closeSync(fd);
+
+  must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'l1.qcow2'), '64k');
+  must('qemu-io', '-f', 'qcow2', '-c', 'write -P 5 0 64k', join(d, 'l1.qcow2'));
+  fd = openSync(join(d, 'l1.qcow2'), 'r+');
+  const l1b = Number(u64(fd, 40));
+  putU64(fd, l1b, u64(fd, l1b) | 0x200n);
+  closeSync(fd);
+});
+
+describe('convert --salvage against qemu-img convert --salvage', () => {
+  const CASES: [string, string[]][] = [
+    ['a garbage compressed cluster, to qcow2', ['--salvage', '-O', 'qcow2', 'comp.qcow2', 'o.img']],
+    ['a garbage compressed cluster, to raw', ['--salvage', '-O', 'raw', 'comp.qcow2', 'o.img']],
+    ['without --salvage the same read fails', ['-O', 'raw', 'comp.qcow2', 'o.img']],
+    ['-q: no warnings', ['-q', '--salvage', '-O', 'raw', 'comp.qcow2', 'o.img']],
+    ['an unaligned L2 table offset: block status fails sector by sector', ['--salvage', '-O', 'raw', 'l1.qcow2', 'o.img']],
+    ['without --salvage the block status error ends the convert', ['-O', 'raw', 'l1.qcow2', 'o.img']],
+  ];
+  for (const [title, args] of CASES) {
+    it(title, async (ctx) => {
+      need(ctx);
+      t = await twin(images, (d) => ['convert', ...args.map((a) => (a.includes('.') ? join(d, a) : a))]);
+      expectSameOutput(t);
+      if (t.q.status === 0) {
+        expect(readFileSync(join(t.bdir, 'o.img')).equals(readFileSync(join(t.qdir, 'o.img')))).toBe(true);
+      }
+    });
+  }
+
+  it('the unreadable cluster reads back as zeroes, the rest as written', async (ctx) => {
+    need(ctx);
+    t = await twin(images, (d) => ['convert', '--salvage', '-O', 'raw', join(d, 'comp.qcow2'), join(d, 'o.img')]);
+    expect(t.b.status).toBe(0);
+    expect(t.b.stderr.split('\n').filter((l) => l.includes('warning: error while reading offset'))).toHaveLength(128);
+    const out = readFileSync(join(t.bdir, 'o.img'));
+    expect(out.subarray(0, 65536).every((b) => b === 1)).toBe(true);
+    expect(out.subarray(65536, 131072).every((b) => b === 0)).toBe(true);
+    expect(out.subarray(131072, 196608).every((b) => b === 3)).toBe(true);
+  });
+});
