@@ -2,6 +2,7 @@ import { BlockError, errnoError } from '@blockgraph/block-core';
 import {
   QCOW_MAX_REFTABLE_SIZE,
   getRefcount as getRefcountEntry,
+  getRefcount64,
   headerGeometry,
   hex,
   hexAlt,
@@ -76,9 +77,11 @@ export async function changeRefcountOrder(s: Qcow2State, newOrder: number, progr
             const rc = getRefcountEntry(e.buf, j, order);
             if (newBits < 64 && rc >= 2 ** newBits) {
               const offset = (ti * entries + j) * cs;
+              // Exact even for a damaged 64-bit entry of 2^53 or more.
+              const value = order === 6 ? getRefcount64(e.buf, j) : rc;
               throw new BlockError(
                 'EINVAL',
-                `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${offset ? hex(offset) : '0'} has a refcount of ${rc}`,
+                `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${offset ? hex(offset) : '0'} has a refcount of ${value}`,
               );
             }
             if (fill && rc !== 0) setRefcountEntry(fill, newIndex, newOrder, rc);

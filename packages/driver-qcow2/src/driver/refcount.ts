@@ -6,12 +6,14 @@ import {
   compressedHostOffset,
   compressedReadLength,
   getRefcount as getRefcountEntry,
+  getRefcount64,
   hex,
   hexAlt,
   l2ClusterType,
   l2EntryHostOffset,
   refcountMax,
   setRefcount as setRefcountEntry,
+  setRefcount64,
   refcountTablePatch,
 } from '../format/index.js';
 import type { CacheEntry } from './cache.js';
@@ -368,6 +370,15 @@ export async function updateRefcount(
       s.refCache.markDirty(block);
       const bi = ci % entries;
       let rc = getRefcountEntry(block.buf, bi, order);
+      if (rc > Number.MAX_SAFE_INTEGER) {
+        // A damaged 64-bit entry: QEMU's uint64_t arithmetic, exactly. It cannot drop to zero from here.
+        const big = getRefcount64(block.buf, bi) + BigInt(decrease ? -addend : addend);
+        if (big > 0xffffffffffffffffn) {
+          throw new BlockError('EINVAL', `qcow2: refcount of cluster ${hex(clusterOffset)} would exceed ${0xffffffffffffffffn}`);
+        }
+        setRefcount64(block.buf, bi, big);
+        continue;
+      }
       if (decrease ? addend > rc : rc + addend > max) {
         throw new BlockError(
           'EINVAL',

@@ -1,10 +1,11 @@
 import { BlockError } from '@blockgraph/block-core';
-import { MAX_SAFE_HIGH_WORD, TWO_POW_32, tooLargeError } from './u64.js';
+import { TWO_POW_32 } from './u64.js';
 
 /**
  * Refcount blocks: one cluster of refcount_bits-wide entries (refcount_bits = 1 << refcount_order, 1..64).
  * Entries of 8 bits and more are big-endian integers; narrower ones are packed LSB-first (entry 0 in the least
- * significant bits of byte 0). 64-bit entries are handled as exact numbers, so values above 2^53 - 1 are refused.
+ * significant bits of byte 0). 64-bit entries are numbers, exact below 2^53; only a damaged image holds more, and
+ * such values read rounded (still 2^53 or more: used, not free), with getRefcount64/setRefcount64 for exact work.
  */
 
 export const MAX_REFCOUNT_ORDER = 6;
@@ -47,12 +48,21 @@ export function getRefcount(block: Uint8Array, index: number, refcountOrder: num
       const at = index * 8;
       const hi = block[at]! * 0x1000000 + ((block[at + 1]! << 16) | (block[at + 2]! << 8) | block[at + 3]!);
       const lo = block[at + 4]! * 0x1000000 + ((block[at + 5]! << 16) | (block[at + 6]! << 8) | block[at + 7]!);
-      if (hi > MAX_SAFE_HIGH_WORD) throw tooLargeError('Refcount', hi, lo);
       return hi * TWO_POW_32 + lo;
     }
     default:
       throw new BlockError('EINVAL', `Invalid refcount order ${refcountOrder}`);
   }
+}
+
+/** Entry `index` of a block of 64-bit refcounts, exactly (getRefcount rounds values of 2^53 and more). */
+export function getRefcount64(block: Uint8Array, index: number): bigint {
+  return new DataView(block.buffer, block.byteOffset + index * 8, 8).getBigUint64(0);
+}
+
+/** Store a 64-bit refcount exactly. */
+export function setRefcount64(block: Uint8Array, index: number, value: bigint): void {
+  new DataView(block.buffer, block.byteOffset + index * 8, 8).setBigUint64(0, value);
 }
 
 /** Store `value` (an integer in 0..refcountMax(order)) in entry `index` of `block`. */
