@@ -210,15 +210,25 @@ export class BlockBackend implements ChildParent {
    * offloading). Rejects with ENOTSUP where a node on either side cannot offload; copy through a buffer then.
    */
   async copyRange(offset: number, dst: BlockBackend, dstOffset: number, bytes: number, readFlags: ReqFlags = 0, writeFlags: ReqFlags = 0): Promise<void> {
-    const src = await this.enter(offset, bytes, false);
+    // Enter both ends in one go: entering one and then waiting for the other to be resumed would count this request
+    // as in flight on the first while a drain covering both waits for it.
+    for (;;) {
+      if (this.quiesceCounter > 0 && !this.disableRequestQueuing) await this.resumed.wait();
+      else if (dst.quiesceCounter > 0 && !dst.disableRequestQueuing) await dst.resumed.wait();
+      else break;
+    }
+    const src = this.enterNow(offset, bytes, false);
+    let out: Child;
     try {
-      const out = await dst.enter(dstOffset, bytes, true);
-      try {
-        await src.copyRangeFrom(offset, out, dstOffset, bytes, readFlags, writeFlags);
-      } finally {
-        dst.leave();
-      }
+      out = dst.enterNow(dstOffset, bytes, true);
+    } catch (e) {
+      this.leave();
+      throw e;
+    }
+    try {
+      await src.copyRangeFrom(offset, out, dstOffset, bytes, readFlags, writeFlags);
     } finally {
+      dst.leave();
       this.leave();
     }
   }

@@ -78,7 +78,7 @@ export async function copyRangeTo(
   try {
     if (to.copyUpLocks.size) await waitForCopyUps(to, dstOffset, bytes, writeFlags);
     const req = trackRequest(to, dstOffset, bytes, 'write');
-    req.changesData = true;
+    req.changesData = !(writeFlags & ReqFlag.WRITE_UNCHANGED);
     let ok = false;
     try {
       await waitSerialising(req);

@@ -45,6 +45,26 @@ describe('copy offloading through the pipeline', () => {
     expect(done).toBe(true);
   });
 
+  it('a drain of both ends right after a copy starts waits for it, and a copy started while drained waits', async () => {
+    const { g, a, b, src, dst } = await setup();
+    const order: string[] = [];
+    const copy = src.copyRange(0, dst, 0, 512).then(() => order.push('copy'));
+    await g.drained([a, b], () => {
+      order.push('drained');
+    });
+    await copy;
+    expect(order).toEqual(['copy', 'drained']);
+    let inner: Promise<unknown> | undefined;
+    await g.drained([b], () => {
+      inner = src.copyRange(0, dst, 4096, 512).then(() => order.push('second copy'));
+      order.push('second drain');
+    });
+    await inner;
+    expect(order).toEqual(['copy', 'drained', 'second drain', 'second copy']);
+    expect(a.inFlight + b.inFlight).toBe(0);
+    // A deadlock shows as a timeout: fail it quickly.
+  }, 10_000);
+
   it('ZERO_WRITE in the write flags is a zero write at the destination; no source is needed', async () => {
     const { b, src, dst } = await setup();
     await dst.pwrite(0, new Uint8Array(8192).fill(9));

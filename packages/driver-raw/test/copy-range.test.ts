@@ -5,9 +5,9 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, it, vi } from 'vitest';
 import { loadNative } from '../src/node/file.js';
-import { makeTempDir } from './helpers/qemu.js';
+import { describeRequiring, makeTempDir } from './helpers/qemu.js';
 import { newGraph } from './helpers/holder.js';
 
 const KiB = 1024;
@@ -41,7 +41,7 @@ async function openRaw(path: string, opts: { readOnly?: boolean; options?: Recor
   return { graph, node, be: graph.backend(node) };
 }
 
-describe.skipIf(!native?.copyFileRangeAsync)('copy offloading between files', () => {
+describeRequiring('copy offloading between files', native?.copyFileRangeAsync ? [] : ['native helper 1.7+'], () => {
   it('copies in the kernel: the bytes arrive and no buffer is read or written', async () => {
     const src = patterned(256 * KiB, 1);
     const dst = patterned(256 * KiB, 99);

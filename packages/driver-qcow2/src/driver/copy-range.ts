@@ -1,7 +1,7 @@
 import { BlockError, type Child, type ReqFlags } from '@blockgraph/block-core';
 import { SubclusterType } from '../format/index.js';
-import { Mapping, allocHostOffset, map, mapSync } from './cluster.js';
-import { completeAllocations, dataOverlap, performCow, withLock } from './rw.js';
+import { Mapping, map, mapSync } from './cluster.js';
+import { allocWithTicket, completeAllocations, dataOverlap, performCow } from './rw.js';
 import { runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 
@@ -74,17 +74,19 @@ export async function copyRangeTo(
   s.checkUsable();
   if (s.pendingWriteSetup) await runWriteSetup(s);
   for (let done = 0; done < bytes; ) {
-    const res = await withLock(s, () => allocHostOffset(s, offset + done, bytes - done));
-    let ok = false;
+    const { res, ticket } = await allocWithTicket(s, offset + done, bytes - done);
     try {
       const chk = dataOverlap(s, res.hostOffset, res.bytes);
       if (chk) await chk;
       await s.dataFile.copyRangeTo(src, srcOffset + done, res.hostOffset, res.bytes, readFlags, writeFlags);
       for (const m of res.metas) if (m.hasCow) await performCow(s, m);
-      ok = true;
+    } catch (e) {
+      await completeAllocations(s, res.metas, false);
+      throw e;
     } finally {
-      await completeAllocations(s, res.metas, ok);
+      if (ticket) s.tickets.leave(ticket);
     }
+    await completeAllocations(s, res.metas, true);
     done += res.bytes;
   }
 }

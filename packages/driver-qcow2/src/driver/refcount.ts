@@ -370,8 +370,9 @@ export async function updateRefcount(
       s.refCache.markDirty(block);
       const bi = ci % entries;
       let rc = getRefcountEntry(block.buf, bi, order);
-      if (rc > Number.MAX_SAFE_INTEGER) {
-        // A damaged 64-bit entry: QEMU's uint64_t arithmetic, exactly. It cannot drop to zero from here.
+      if (rc > Number.MAX_SAFE_INTEGER || (order === 6 && !decrease && rc + addend > Number.MAX_SAFE_INTEGER)) {
+        // A 64-bit entry at or past 2^53 (only a damaged image gets there): QEMU's uint64_t arithmetic, exactly. It
+        // cannot drop to zero from here.
         const big = getRefcount64(block.buf, bi) + BigInt(decrease ? -addend : addend);
         if (big > 0xffffffffffffffffn) {
           throw new BlockError('EINVAL', `qcow2: refcount of cluster ${hex(clusterOffset)} would exceed ${0xffffffffffffffffn}`);

@@ -347,13 +347,37 @@ export async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: bo
   });
 }
 
+/**
+ * A ticket for a write into what allocHostOffset() returned, when part of it is clusters already in place (COPIED,
+ * e.g. after the lock-free path missed the cache): no allocation guards those, and the ticket keeps a discard that
+ * frees them meanwhile from having them reused before the write into them has ended. 0 when every cluster is a
+ * new allocation (a ticket then would hold back the clusters the write itself frees, which QEMU reuses at once).
+ */
+function inPlaceTicket(s: Qcow2State, offset: number, res: AllocResult): number {
+  const cs = s.clusterSize;
+  const clusters = Math.floor((offset + res.bytes - 1) / cs) - Math.floor(offset / cs) + 1;
+  let allocated = 0;
+  for (const m of res.metas) allocated += m.nbClusters;
+  return allocated < clusters ? s.tickets.enter() : 0;
+}
+
+/** allocHostOffset() under the lock, with the in-place ticket taken before anyone else can take the lock. */
+export async function allocWithTicket(s: Qcow2State, offset: number, bytes: number): Promise<{ res: AllocResult; ticket: number }> {
+  return withLock(s, async () => {
+    const res = await allocHostOffset(s, offset, bytes);
+    return { res, ticket: inPlaceTicket(s, offset, res) };
+  });
+}
+
 async function allocatingWrite(s: Qcow2State, offset: number, bytes: number, qiov: IOVector, done: number): Promise<number> {
-  const res = await withLock(s, () => allocHostOffset(s, offset, bytes));
+  const { res, ticket } = await allocWithTicket(s, offset, bytes);
   try {
     await writeAllocated(s, res, offset, qiov.slice(done, res.bytes));
   } catch (e) {
     await completeAllocations(s, res.metas, false);
     throw e;
+  } finally {
+    if (ticket) s.tickets.leave(ticket);
   }
   await completeAllocations(s, res.metas, true);
   return res.bytes;

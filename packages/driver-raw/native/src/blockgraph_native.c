@@ -88,6 +88,7 @@ static const char *errno_name(int err)
     case ENOLCK: return "ENOLCK";
     case ENOSYS: return "ENOSYS";
     case EOVERFLOW: return "EOVERFLOW";
+    case EXDEV: return "EXDEV";
     /* On Linux ENOTSUP == EOPNOTSUPP; fallocate(2) documents the latter. */
     case EOPNOTSUPP: return "EOPNOTSUPP";
 #if defined(ENOTSUP) && ENOTSUP != EOPNOTSUPP
