@@ -199,13 +199,15 @@ export const WORKLOADS = [
     before: ['$OUT'],
     settle: true,
     caveat:
-      "the target is out of reach for a Node.js program on this machine, as the node-floor row measures in the same run: a " +
-      "bare script doing only this convert's data I/O reaches about 0.7x qemu-img. Node.js start-up (`node -e 0`) takes " +
-      "0.06-0.08 s of qemu-img's 0.15-0.25 s, and the 512 MiB copy through the page cache takes Node.js as long as QEMU " +
-      '(a kernel-only copy with copy_file_range measured no faster: 0.17-0.23 s). blockgraph spends about 0.08-0.1 s ' +
-      'more than the floor before its first data read (loading and compiling its modules, creating and opening both ' +
-      'images; perf syscall timeline) and copies at about the same rate: typical whole runs 0.34-0.37 s against the ' +
-      "floor's 0.23-0.25 s and qemu-img's 0.15-0.17 s.",
+      "the target is out of reach for a Node.js program on this machine. The writes alone rule it out: the kernel " +
+      "copies the 256 writes of 2 MiB into one file's page cache one at a time, 0.13-0.14 s of system time for " +
+      "either tool (strace -T), so Node.js start-up (`node -e 0`, 0.05-0.06 s) plus those writes already reach " +
+      "1.2x qemu-img's 0.15 s (0.18 s) before anything else is done. The node-floor row (only this convert's data I/O, in a bare script) reaches about " +
+      "0.7x. A quiet blockgraph run (0.35-0.37 s) is 0.13 s before the first data read (start-up, loading and " +
+      "compiling the modules, creating and opening both images) and 0.21-0.24 s of copying, in which the writer " +
+      "idles between in-order writes while the event loop finishes one and issues the next (0.26 ms median per 2 " +
+      "MiB chunk with -C, perf trace), on 2 cores that the reads, the writes and the main thread share. `convert " +
+      "-C` (copy offloading) is no faster: 0.38-0.41 s against qemu-img -C's 0.18-0.21 s.",
   },
   {
     id: 'convert-qcow2-1g-half-node-floor',

@@ -1,7 +1,7 @@
 import { BlockError, type Child, type ReqFlags } from '@blockgraph/block-core';
 import { SubclusterType } from '../format/index.js';
 import { Mapping, map, mapSync } from './cluster.js';
-import { allocWithTicket, completeAllocations, dataOverlap, performCow } from './rw.js';
+import { dataOverlap, performCow, writeAllocation } from './rw.js';
 import { runWriteSetup } from './setup.js';
 import type { Qcow2State } from './state.js';
 
@@ -74,19 +74,12 @@ export async function copyRangeTo(
   s.checkUsable();
   if (s.pendingWriteSetup) await runWriteSetup(s);
   for (let done = 0; done < bytes; ) {
-    const { res, ticket } = await allocWithTicket(s, offset + done, bytes - done);
-    try {
+    const from = srcOffset + done;
+    done += await writeAllocation(s, offset + done, bytes - done, async (res) => {
       const chk = dataOverlap(s, res.hostOffset, res.bytes);
       if (chk) await chk;
-      await s.dataFile.copyRangeTo(src, srcOffset + done, res.hostOffset, res.bytes, readFlags, writeFlags);
+      await s.dataFile.copyRangeTo(src, from, res.hostOffset, res.bytes, readFlags, writeFlags);
       for (const m of res.metas) if (m.hasCow) await performCow(s, m);
-    } catch (e) {
-      await completeAllocations(s, res.metas, false);
-      throw e;
-    } finally {
-      if (ticket) s.tickets.leave(ticket);
-    }
-    await completeAllocations(s, res.metas, true);
-    done += res.bytes;
+    });
   }
 }

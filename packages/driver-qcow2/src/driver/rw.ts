@@ -320,7 +320,7 @@ export async function performCow(s: Qcow2State, m: L2Meta): Promise<void> {
   }
 }
 
-export async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
+async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
   if (!s.lock.tryLock()) await s.lock.lock();
   try {
     return await fn();
@@ -330,7 +330,7 @@ export async function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<
 }
 
 /** Link the allocations of a finished write (or give them back when something failed). */
-export async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: boolean): Promise<void> {
+async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: boolean): Promise<void> {
   if (metas.length === 0) return;
   await withLock(s, async () => {
     let i = 0;
@@ -361,18 +361,18 @@ function inPlaceTicket(s: Qcow2State, offset: number, res: AllocResult): number 
   return allocated < clusters ? s.tickets.enter() : 0;
 }
 
-/** allocHostOffset() under the lock, with the in-place ticket taken before anyone else can take the lock. */
-export async function allocWithTicket(s: Qcow2State, offset: number, bytes: number): Promise<{ res: AllocResult; ticket: number }> {
-  return withLock(s, async () => {
-    const res = await allocHostOffset(s, offset, bytes);
-    return { res, ticket: inPlaceTicket(s, offset, res) };
+/**
+ * The frame of a write that allocates, shared by plain writes and offloaded copies: allocHostOffset() under the
+ * lock (with the in-place ticket taken before anyone else can take it), `io` to put the data where it says, then
+ * the allocations linked, or given back when `io` failed. The guest bytes covered.
+ */
+export async function writeAllocation(s: Qcow2State, offset: number, bytes: number, io: (res: AllocResult) => Promise<void>): Promise<number> {
+  const { res, ticket } = await withLock(s, async () => {
+    const r = await allocHostOffset(s, offset, bytes);
+    return { res: r, ticket: inPlaceTicket(s, offset, r) };
   });
-}
-
-async function allocatingWrite(s: Qcow2State, offset: number, bytes: number, qiov: IOVector, done: number): Promise<number> {
-  const { res, ticket } = await allocWithTicket(s, offset, bytes);
   try {
-    await writeAllocated(s, res, offset, qiov.slice(done, res.bytes));
+    await io(res);
   } catch (e) {
     await completeAllocations(s, res.metas, false);
     throw e;
@@ -381,6 +381,10 @@ async function allocatingWrite(s: Qcow2State, offset: number, bytes: number, qio
   }
   await completeAllocations(s, res.metas, true);
   return res.bytes;
+}
+
+function allocatingWrite(s: Qcow2State, offset: number, bytes: number, qiov: IOVector, done: number): Promise<number> {
+  return writeAllocation(s, offset, bytes, (res) => writeAllocated(s, res, offset, qiov.slice(done, res.bytes)));
 }
 
 export async function pwritev(s: Qcow2State, offset: number, bytes: number, qiov: IOVector): Promise<void> {
