@@ -65,6 +65,13 @@ export class L2Meta {
  *   when the file's flushed generation reaches it. (Stamping when the release is checked rather than when the
  *   pass completes can only make a cluster wait for one more flush.)
  */
+/** A host cluster range written in place, and the clusters freed inside it meanwhile. */
+export interface Pin {
+  readonly first: number;
+  readonly end: number;
+  readonly held: number[];
+}
+
 export class IoTickets {
   private seq = 0;
   /**
@@ -81,6 +88,10 @@ export class IoTickets {
   private readonly heldForL2: { pass: number; gen: number; cluster: number }[] = [];
   /** Cluster indexes the allocator must skip, with the number of holds on each. */
   readonly quarantined = new Map<number, number>();
+  /** Host cluster ranges being written in place by writes that found them through allocation (see pin()). */
+  private readonly pins: Pin[] = [];
+  /** Clusters freed inside a pin that has ended: released at the next release(). */
+  private readonly unpinned: number[] = [];
 
   enter(): number {
     const t = ++this.seq;
@@ -106,8 +117,32 @@ export class IoTickets {
     this.open = next;
   }
 
+  /**
+   * Host clusters [first, end) are being written in place by a write that found them through allocation (the
+   * slow path): a cluster freed among them meanwhile stays out of reuse until unpin(). Narrower than a ticket,
+   * which would hold every cluster freed meanwhile, and so change where later allocations go (QEMU reuses freed
+   * clusters at once; the layouts of `commit` then differed from qemu-img's).
+   */
+  pin(first: number, end: number): Pin {
+    const p: Pin = { first, end, held: [] };
+    this.pins.push(p);
+    return p;
+  }
+
+  unpin(p: Pin): void {
+    const i = this.pins.indexOf(p);
+    if (i >= 0) this.pins.splice(i, 1);
+    for (const c of p.held) this.unpinned.push(c);
+  }
+
   /** A cluster's refcount dropped to 0: hold it if older I/O may still use it. */
   hold(cluster: number): void {
+    for (const p of this.pins) {
+      if (cluster >= p.first && cluster < p.end) {
+        p.held.push(cluster);
+        this.quarantine(cluster);
+      }
+    }
     if (this.outstanding === 0) return;
     this.held.push({ seq: this.seq, cluster });
     this.quarantine(cluster);
@@ -143,11 +178,13 @@ export class IoTickets {
    * image file node's generations. Returns the lowest cluster index that became free, or -1.
    */
   release(l2WrittenThrough: number, fileWriteGen: number, fileFlushedGen: number): number {
-    if (this.held.length === 0 && this.heldForL2.length === 0) return -1;
+    if (this.held.length === 0 && this.heldForL2.length === 0 && this.unpinned.length === 0) return -1;
     let lowest = -1;
     const free = (c: number): void => {
       if (this.unquarantine(c) && (lowest < 0 || c < lowest)) lowest = c;
     };
+    for (const c of this.unpinned) free(c);
+    this.unpinned.length = 0;
     if (this.held.length !== 0) {
       const minActive = this.outstanding ? this.oldest : Infinity;
       let n = 0;

@@ -36,7 +36,7 @@ import {
   waitForAllocations,
   type AllocResult,
 } from './cluster.js';
-import { L2Meta } from './inflight.js';
+import { L2Meta, type Pin } from './inflight.js';
 import { checkMetadataOverlap, preWriteOverlapCheck, signalCorruption } from './overlap.js';
 import { allocBytes, freeClusters, getRefcount, getRefcountCached } from './refcount.js';
 import { DiscardType, type Qcow2State } from './state.js';
@@ -348,28 +348,29 @@ async function completeAllocations(s: Qcow2State, metas: L2Meta[], ok: boolean):
 }
 
 /**
- * A ticket for a write into what allocHostOffset() returned, when part of it is clusters already in place (COPIED,
- * e.g. after the lock-free path missed the cache): no allocation guards those, and the ticket keeps a discard that
- * frees them meanwhile from having them reused before the write into them has ended. 0 when every cluster is a
- * new allocation (a ticket then would hold back the clusters the write itself frees, which QEMU reuses at once).
+ * A pin on the host clusters of what allocHostOffset() returned, when part of it is clusters already in place
+ * (COPIED, e.g. after the lock-free path missed the cache): no allocation guards those, and a discard that frees
+ * one meanwhile must not have it handed out again before the write into it has ended. Null when every cluster is
+ * a new allocation.
  */
-function inPlaceTicket(s: Qcow2State, offset: number, res: AllocResult): number {
+function inPlacePin(s: Qcow2State, offset: number, res: AllocResult): Pin | null {
   const cs = s.clusterSize;
   const clusters = Math.floor((offset + res.bytes - 1) / cs) - Math.floor(offset / cs) + 1;
   let allocated = 0;
   for (const m of res.metas) allocated += m.nbClusters;
-  return allocated < clusters ? s.tickets.enter() : 0;
+  if (allocated >= clusters) return null;
+  return s.tickets.pin(Math.floor(res.hostOffset / cs), Math.ceil((res.hostOffset + res.bytes) / cs));
 }
 
 /**
  * The frame of a write that allocates, shared by plain writes and offloaded copies: allocHostOffset() under the
- * lock (with the in-place ticket taken before anyone else can take it), `io` to put the data where it says, then
+ * lock (with the in-place pin taken before anyone else can take it), `io` to put the data where it says, then
  * the allocations linked, or given back when `io` failed. The guest bytes covered.
  */
 export async function writeAllocation(s: Qcow2State, offset: number, bytes: number, io: (res: AllocResult) => Promise<void>): Promise<number> {
-  const { res, ticket } = await withLock(s, async () => {
+  const { res, pin } = await withLock(s, async () => {
     const r = await allocHostOffset(s, offset, bytes);
-    return { res: r, ticket: inPlaceTicket(s, offset, r) };
+    return { res: r, pin: inPlacePin(s, offset, r) };
   });
   try {
     await io(res);
@@ -377,7 +378,7 @@ export async function writeAllocation(s: Qcow2State, offset: number, bytes: numb
     await completeAllocations(s, res.metas, false);
     throw e;
   } finally {
-    if (ticket) s.tickets.leave(ticket);
+    if (pin) s.tickets.unpin(pin);
   }
   await completeAllocations(s, res.metas, true);
   return res.bytes;

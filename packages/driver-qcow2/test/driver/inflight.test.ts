@@ -33,6 +33,26 @@ describe('IoTickets', () => {
     expect(t.quarantined.size).toBe(0);
   });
 
+  it('holds a cluster freed inside a pinned range (and only there) until the pin ends', () => {
+    const t = new IoTickets();
+    const pin = t.pin(10, 14);
+    t.hold(12);
+    t.hold(20);
+    expect([...t.quarantined.keys()]).toEqual([12]);
+    expect(t.release(0, 0, 0)).toBe(-1);
+    t.unpin(pin);
+    expect(t.release(0, 0, 0)).toBe(12);
+    expect(t.quarantined.size).toBe(0);
+    // A pin and a ticket on the same cluster: free only when both are over.
+    const p2 = t.pin(5, 6);
+    const ticket = t.enter();
+    t.hold(5);
+    t.unpin(p2);
+    expect(t.release(0, 0, 0)).toBe(-1);
+    t.leave(ticket);
+    expect(t.release(0, 0, 0)).toBe(5);
+  });
+
   it('keeps track of thousands of tickets out at once, returned in any order', () => {
     const t = new IoTickets();
     const first = t.enter();
