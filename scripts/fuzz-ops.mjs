@@ -196,6 +196,9 @@ function genStep(r, st, queue) {
       if (r.chance(fmt === 'qcow2' ? 0.4 : 0.05)) a.push('-c');
       if (small && r.chance(0.2)) a.push('-S', r.pick(['0', '4k', '64k']));
       if (fmt === 'qcow2' && r.chance(0.2)) a.push('-B', 'base2.qcow2', '-F', 'qcow2');
+      // Copy offloading and salvage mode (refused together, and -C with -c or -S, as qemu-img refuses them).
+      if (r.chance(0.15)) a.push('-C');
+      if (r.chance(0.1)) a.push('--salvage');
       if (fmt === 'qcow2' && r.chance(0.4)) a.push('-o', r.pick([`cluster_size=${2 ** r.int(9, 21)}`, 'compat=0.10', 'preallocation=metadata', 'compression_type=zstd', 'refcount_bits=1', 'extended_l2=on']));
       if (r.chance(0.25)) {
         a.push('-n', ...(r.chance(0.5) ? ['--target-is-zero'] : []));
