@@ -129,9 +129,14 @@ export class BlockBackend implements ChildParent {
     return this.inFlight > 0;
   }
 
-  /** Wait while drained (requests are queued, in order, not lost); then `enterNow`. */
+  /** Drained, and new requests wait (in order, not lost) until it is resumed. */
+  private get queuing(): boolean {
+    return this.quiesceCounter > 0 && !this.disableRequestQueuing;
+  }
+
+  /** Wait while drained; then `enterNow`. */
   private async enter(offset: number, bytes: number, write: boolean): Promise<Child> {
-    while (this.quiesceCounter > 0 && !this.disableRequestQueuing) await this.resumed.wait();
+    while (this.queuing) await this.resumed.wait();
     return this.enterNow(offset, bytes, write);
   }
 
@@ -213,8 +218,8 @@ export class BlockBackend implements ChildParent {
     // Enter both ends in one go: entering one and then waiting for the other to be resumed would count this request
     // as in flight on the first while a drain covering both waits for it.
     for (;;) {
-      if (this.quiesceCounter > 0 && !this.disableRequestQueuing) await this.resumed.wait();
-      else if (dst.quiesceCounter > 0 && !dst.disableRequestQueuing) await dst.resumed.wait();
+      if (this.queuing) await this.resumed.wait();
+      else if (dst.queuing) await dst.resumed.wait();
       else break;
     }
     const src = this.enterNow(offset, bytes, false);

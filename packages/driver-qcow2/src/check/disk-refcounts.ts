@@ -1,4 +1,4 @@
-import { getRefcount, refcountMax, setRefcount, type Qcow2Geometry } from '../format/index.js';
+import { getRefcount, getRefcount64, refcountMax, setRefcount, type Qcow2Geometry } from '../format/index.js';
 import { CheckAbort } from './check-abort.js';
 import { readFull, type ImageIO } from './image-io.js';
 import { hexAlt, offsetIntoCluster, u64, type Offset } from './u64-text.js';
@@ -161,20 +161,14 @@ export class DiskRefcounts {
 
   /** The refcount of `cluster` in its block's data (from blockData). */
   entry(data: Uint8Array, cluster: number): number {
-    const i = cluster % this.g.refcountBlockEntries;
-    if (this.g.refcountOrder === 6) {
-      // Exact below 2^53; larger values (never produced by QEMU) are approximated rather than refused.
-      const v = new DataView(data.buffer, data.byteOffset + i * 8, 8);
-      return v.getUint32(0) * 4294967296 + v.getUint32(4);
-    }
-    return getRefcount(data, i, this.g.refcountOrder);
+    // 64-bit values of 2^53 and more (never produced by QEMU) come back rounded, not refused.
+    return getRefcount(data, cluster % this.g.refcountBlockEntries, this.g.refcountOrder);
   }
 
   /** The refcount of `cluster` exactly, in decimal, for messages (64-bit refcounts can exceed 2^53). */
   entryText(data: Uint8Array, cluster: number): string {
     if (this.g.refcountOrder !== 6) return String(this.entry(data, cluster));
-    const i = cluster % this.g.refcountBlockEntries;
-    return new DataView(data.buffer, data.byteOffset + i * 8, 8).getBigUint64(0).toString();
+    return getRefcount64(data, cluster % this.g.refcountBlockEntries).toString();
   }
 
   /** Store a new refcount for `cluster`; its refcount block must exist. */
@@ -182,7 +176,6 @@ export class DiskRefcounts {
     const entry = await this.block(cluster);
     if (!entry) throw new CheckAbort('EIO', `No refcount block for cluster ${cluster}`);
     const i = cluster % this.g.refcountBlockEntries;
-    // entry(), not getRefcount(): a 64-bit value of 2^53 or more must still be replaceable.
     if (value === 0 && this.entry(entry.data, cluster) !== 0) this.discards.push(cluster);
     setRefcount(entry.data, i, this.g.refcountOrder, value);
     entry.dirty = true;

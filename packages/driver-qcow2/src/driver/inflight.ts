@@ -47,8 +47,15 @@ export class L2Meta {
   }
 }
 
+/** A host cluster range written in place, and the clusters freed inside it meanwhile. */
+export interface Pin {
+  readonly first: number;
+  readonly end: number;
+  readonly held: number[];
+}
+
 /**
- * Freed host clusters the allocator must not hand out yet, for two reasons.
+ * Freed host clusters the allocator must not hand out yet, for three reasons.
  *
  * - Data I/O that may still touch them is in flight: a read or in-place write that looked up its mapping before
  *   the free must not land in a cluster that meanwhile belongs to someone else. Every data request takes a
@@ -64,14 +71,10 @@ export class L2Meta {
  *   once the pass is seen complete, the cluster is stamped with the file's current write generation and freed
  *   when the file's flushed generation reaches it. (Stamping when the release is checked rather than when the
  *   pass completes can only make a cluster wait for one more flush.)
+ * - A write that found its clusters in place through allocation (not the lock-free path, which takes a ticket) is
+ *   still writing into them: such a write pins their host range (pin()), and a cluster freed inside it is held
+ *   until the pin ends.
  */
-/** A host cluster range written in place, and the clusters freed inside it meanwhile. */
-export interface Pin {
-  readonly first: number;
-  readonly end: number;
-  readonly held: number[];
-}
-
 export class IoTickets {
   private seq = 0;
   /**

@@ -239,8 +239,6 @@ class FileInstance implements BlockDriverInstance {
     try {
       await this.native.copyFileRangeAsync(from.fd, srcOffset, this.fd, offset, bytes);
     } catch (e) {
-      // Files on different file systems (kernels since 5.19 refuse those): a buffer will do what the kernel won't.
-      if ((e as { code?: unknown }).code === 'EXDEV') throw new BlockError('ENOTSUP', strerror(e), { cause: e });
       throw ioError(e);
     }
     this.writebackAhead?.written(offset, bytes);

@@ -61,12 +61,13 @@ export function strerror(error: unknown): string {
 
 /**
  * The BlockError code for an errno: the ones block-core knows keep their name, EOPNOTSUPP/ENOSYS/ENODEV/
- * ENOTTY become ENOTSUP (QEMU's translate_err), EROFS becomes EACCES (raw_open_common), the rest EIO.
+ * ENOTTY become ENOTSUP (QEMU's translate_err), and so does EXDEV (copy_file_range between file systems, which
+ * kernels since 5.19 refuse: a buffered copy will do), EROFS becomes EACCES (raw_open_common), the rest EIO.
  */
 export function blockCode(error: unknown): BlockErrorCode {
   const code = errnoName(error);
   if (code in ERRNO) return code as BlockErrorCode;
-  if (code === 'EOPNOTSUPP' || code === 'ENOSYS' || code === 'ENODEV' || code === 'ENOTTY') return 'ENOTSUP';
+  if (code === 'EOPNOTSUPP' || code === 'ENOSYS' || code === 'ENODEV' || code === 'ENOTTY' || code === 'EXDEV') return 'ENOTSUP';
   if (code === 'EROFS') return 'EACCES';
   if (code === 'EDQUOT') return 'ENOSPC';
   return 'EIO';
