@@ -506,10 +506,12 @@ static napi_value do_fallocate_async(napi_env env, napi_callback_info info)
 
 typedef enum { SIDE_FDATASYNC, SIDE_START_WRITEBACK, SIDE_COPY_RANGE } SideOp;
 
-/* What the side threads run: a job of its own (a flush), or the draining of one file's write queue. */
+/* What the side threads run: a job of its own (a flush), or the draining of one file's write queue. `run` returns
+ * the completion to hand to the JS thread once the side thread counts as free again (NULL: none, or handed over
+ * already): a caller that submits its next job as soon as one settles must find the thread that ran it free. */
 typedef struct SideTask {
     struct SideTask *next;
-    void (*run)(struct SideTask *task);
+    void *(*run)(struct SideTask *task);
 } SideTask;
 
 /* What reaches the JS thread through the threadsafe function: a flush's result or a queued write's. */
@@ -536,9 +538,10 @@ typedef struct SideJob {
 static pthread_mutex_t side_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t side_wake = PTHREAD_COND_INITIALIZER;
 static SideTask *side_head, *side_tail;
-/* A thread is busy from taking a task until it has run it; the others are free (waiting, or on their way back to
- * the queue). Counting free rather than waiting threads matters: a caller that flushes again as soon as its flush
- * settles would otherwise find the thread that just ran it not yet waiting, and start another one every time. */
+/* A thread is busy from taking a task until it has run it, and it hands the task's completion to the JS thread
+ * only after that; the others are free (waiting, or on their way back to the queue). Counting free rather than
+ * waiting threads matters: a caller that flushes again as soon as its flush settles would otherwise find the thread
+ * that just ran it not yet waiting, and start another one every time. */
 static int side_queued, side_threads, side_busy;
 
 static const char *side_syscall(SideOp op)
@@ -626,14 +629,13 @@ static int copy_range_run(SideJob *job)
 #endif
 }
 
-static void side_job_run(SideTask *task)
+static void *side_job_run(SideTask *task)
 {
     SideJob *job = CONTAINER_OF(task, SideJob, task);
     int ret;
     if (job->op == SIDE_COPY_RANGE) {
         job->err = copy_range_run(job);
-        if (napi_call_threadsafe_function(job->tsfn, job, napi_tsfn_nonblocking) != napi_ok) free(job);
-        return;
+        return job;
     }
     do {
         if (job->op == SIDE_FDATASYNC) {
@@ -648,8 +650,7 @@ static void side_job_run(SideTask *task)
         }
     } while (ret < 0 && errno == EINTR);
     job->err = ret < 0 ? errno : 0;
-    /* napi_closing: the environment is gone, and its promise with it. */
-    if (napi_call_threadsafe_function(job->tsfn, job, napi_tsfn_nonblocking) != napi_ok) free(job);
+    return job;
 }
 
 static void *side_thread(void *arg)
@@ -676,9 +677,15 @@ static void *side_thread(void *arg)
         side_queued--;
         side_busy++;
         pthread_mutex_unlock(&side_lock);
-        task->run(task);
+        SideJob *done = task->run(task);
         pthread_mutex_lock(&side_lock);
         side_busy--;
+        if (done != NULL) {
+            pthread_mutex_unlock(&side_lock);
+            /* napi_closing: the environment is gone, and its promise with it. */
+            if (napi_call_threadsafe_function(done->tsfn, done, napi_tsfn_nonblocking) != napi_ok) free(done);
+            pthread_mutex_lock(&side_lock);
+        }
     }
 }
 
@@ -822,7 +829,7 @@ static void write_queue_unlink(FdQueue *q)
 }
 
 /* On a side thread: write the file's queued writes in order until none is left, then give the queue up. */
-static void write_drain(SideTask *task)
+static void *write_drain(SideTask *task)
 {
     FdQueue *q = CONTAINER_OF(task, FdQueue, task);
     pthread_mutex_lock(&write_lock);
@@ -839,6 +846,7 @@ static void write_drain(SideTask *task)
     write_queue_unlink(q);
     pthread_mutex_unlock(&write_lock);
     free(q);
+    return NULL;
 }
 
 /* Append a write to its file's queue, assigning a side thread to the queue when it has none. 0 or an errno. */
