@@ -261,8 +261,9 @@ function applyDamage(dir, d, minSize) {
 }
 
 // ---------------------------------------------------------------- normalisation + comparison
+// Lines are compared as a sorted list: convert's workers report their failed reads in the order they fail.
 const normErr = (s, dir) => s.replaceAll(dir, '<DIR>').replace(/(qemu-img|qemu-io|blockgraph): /g, '').replace(/Try '[^']*--help' for more information\.?/g, '')
-  .replace(/\s+/g, ' ').trim();
+  .split('\n').map((l) => l.replace(/\s+/g, ' ').trim()).filter(Boolean).sort().join(' ');
 function normOut(step, s, dir) {
   s = s.replaceAll(dir, '<DIR>').replace(/^.*\bops; .*sec.*$/gm, '<timing>').replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, '<DATE>')
     .replace(/^disk size: .*\n/gm, '').replace(/^Image end offset: .*\n?/gm, '').replace(/[\d.]+% fragmented/g, 'X% fragmented');

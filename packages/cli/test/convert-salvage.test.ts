@@ -4,10 +4,10 @@
  * failing sector, which is then read as data. The sources are damaged qcow2 images: a compressed cluster whose
  * deflate stream is garbage, and an L1 entry with an unaligned L2 table offset.
  */
-import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cachedSetup, expectSameOutput, must, qcow2Requirement, twin, type Twin } from './helpers.js';
+import { cachedSetup, expectSameOutput, must, normaliseStderr, qcow2Requirement, twin, type Twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -41,6 +41,29 @@ const images = cachedSetup((d) => {
   writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, host);
   closeSync(fd);
 
+  // Four compressed clusters of 2 MiB, each a 2 MiB chunk for convert, all with garbage deflate streams. Half of
+  // each is random so that it compresses to about 1 MiB: reads that large go to the thread pool, as all of
+  // qemu-img's reads do, so every worker takes its chunk before the first failure is seen.
+  const raw = Buffer.alloc(8 << 20);
+  let seed = 12345;
+  for (let i = 0; i < raw.length; i += 4) {
+    if ((i >> 20) % 2 === 0) {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      raw.writeUInt32LE(seed, i);
+    }
+  }
+  writeFileSync(join(d, 'four.raw'), raw);
+  must('qemu-img', 'convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=2M', join(d, 'four.raw'), join(d, 'four.qcow2'));
+  fd = openSync(join(d, 'four.qcow2'), 'r+');
+  const l2four = Number(u64(fd, Number(u64(fd, 40))) & 0x00fffffffffffe00n);
+  for (let i = 0; i < 4; i++) {
+    const entry = u64(fd, l2four + i * 8);
+    if (!(entry & (1n << 62n))) throw new Error(`cluster ${i} of four.qcow2 is not compressed`);
+    // cluster_bits 21: the host offset is the low 70 - 21 = 49 bits.
+    writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, Number(entry & ((1n << 49n) - 1n)));
+  }
+  closeSync(fd);
+
   must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'l1.qcow2'), '64k');
   must('qemu-io', '-f', 'qcow2', '-c', 'write -P 5 0 64k', join(d, 'l1.qcow2'));
   fd = openSync(join(d, 'l1.qcow2'), 'r+');
@@ -68,6 +91,18 @@ describe('convert --salvage against qemu-img convert --salvage', () => {
       }
     });
   }
+
+  it('without --salvage every chunk whose read fails says so, not only the first', async (ctx) => {
+    need(ctx);
+    t = await twin(images, (d) => ['convert', '-O', 'raw', join(d, 'four.qcow2'), join(d, 'o.img')]);
+    expect(t.q.status).toBe(1);
+    expect(t.b.status).toBe(1);
+    const expected = [0, 2, 4, 6].map((mib) => `blockgraph: error while reading at byte ${mib << 20}: Input/output error`);
+    const qemuLines = normaliseStderr(t.q.stderr).split('\n').filter(Boolean);
+    expect([...qemuLines].sort()).toEqual(expected);
+    // One line per chunk, in the order the reads failed, in either tool.
+    expect(t.b.stderr.split('\n').filter(Boolean).sort()).toEqual(expected);
+  });
 
   it('the unreadable cluster reads back as zeroes, the rest as written', async (ctx) => {
     need(ctx);

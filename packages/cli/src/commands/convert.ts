@@ -16,7 +16,7 @@ import {
   type BlockNode,
 } from '@blockgraph/block-core';
 import { accumulateOptions, cvtnum, FORCE_SHARE, HELP, IMAGE_OPTS, OBJECT, parseArgs } from '../lib/args.js';
-import { CliError, oneLine, type Ctx } from '../lib/context.js';
+import { CliError, ExitCode, oneLine, type Ctx } from '../lib/context.js';
 import { blockOptionHelp, createOptionList, entriesToOptions, parseCreateOptions } from '../lib/create-opts.js';
 import { formatDriver } from './create.js';
 import { driverInfo } from '../lib/image-info.js';
@@ -73,6 +73,11 @@ export interface ConvertOptions {
    */
   salvage: boolean;
   warn: (message: string) => void;
+  /**
+   * A failed read, write or block-status lookup in a worker, printed as it happens (also with -q), as qemu-img's
+   * error_report(): every worker whose request fails says so, not just the first, and the run then exits 1.
+   */
+  error: (message: string) => void;
 }
 
 /** A tiny async mutex (qemu_co_mutex). */
@@ -109,6 +114,7 @@ export class Converter {
   private copyRange: boolean;
   private readonly salvage: boolean;
   private readonly warn: (message: string) => void;
+  private readonly error: (message: string) => void;
 
   private status: Status = Status.DATA;
   private sectorNextStatus = 0;
@@ -132,6 +138,7 @@ export class Converter {
     this.copyRange = o.copyRange;
     this.salvage = o.salvage;
     this.warn = o.warn;
+    this.error = o.error;
     this.targetHasBacking = o.targetHasBacking;
     this.writeFlags = o.writethrough ? ReqFlag.FUA : 0;
     this.rate = { limit: o.rateLimit, start: Date.now(), bytes: 0 };
@@ -318,6 +325,12 @@ export class Converter {
     if (wait > 0) await new Promise((res) => setTimeout(res, wait));
   }
 
+  /** A worker's request failed: it says so at once, as each failing worker does in qemu-img; the run then exits 1. */
+  private fail(message: string): void {
+    this.error(message);
+    this.ret ??= new ExitCode(1);
+  }
+
   /** convert_co_do_copy(): one worker. */
   private async worker(): Promise<void> {
     // Page-aligned as qemu-img's blk_blockalign(): the file driver then copies straight into it (see bench.ts).
@@ -339,7 +352,8 @@ export class Converter {
         if (!this.minSparse && this.status === Status.ZERO) n = Math.min(n, this.bufSectors);
         this.sectorNum += n;
       } catch (e) {
-        this.ret = e;
+        if (e instanceof CliError) this.fail(e.message);
+        else this.ret ??= e;
         this.lockM.unlock();
         break;
       }
@@ -351,19 +365,15 @@ export class Converter {
       }
       for (;;) {
         const copy = this.copyRange && status === Status.DATA;
-        try {
-          if (status === Status.DATA && !copy) {
-            try {
-              await this.read(sectorNum, n, buf);
-            } catch (e) {
-              throw new CliError(`error while reading at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
-            }
-          } else if (!this.minSparse && status === Status.ZERO) {
-            status = Status.DATA;
-            buf.fill(0, 0, n * SECTOR);
+        if (status === Status.DATA && !copy) {
+          try {
+            await this.read(sectorNum, n, buf);
+          } catch (e) {
+            this.fail(`error while reading at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
           }
-        } catch (e) {
-          this.ret ??= e;
+        } else if (!this.minSparse && status === Status.ZERO) {
+          status = Status.DATA;
+          buf.fill(0, 0, n * SECTOR);
         }
         if (this.wrInOrder) {
           // Keep writes in order.
@@ -386,7 +396,7 @@ export class Converter {
             try {
               await this.write(sectorNum, n, buf, status, words);
             } catch (e) {
-              this.ret ??= new CliError(`error while writing at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
+              this.fail(`error while writing at byte ${sectorNum * SECTOR}: ${strerror(e)}`);
             }
           }
         }
@@ -743,6 +753,7 @@ export async function run(ctx: Ctx, argv: string[]): Promise<number> {
         warn: (m) => {
           if (!quiet) ctx.warn(m);
         },
+        error: (m) => ctx.error(m),
       });
       await conv.run();
       await target.blk.flush();
