@@ -552,9 +552,12 @@ describeRequiring('file: writeback-ahead (native helper)', missingHelper, () => 
     for (let i = 0; i < 3; i++) await be.pwrite(i * 512 * KiB, pattern(512 * KiB, i + 1));
     await impl.writebackAhead!.settled();
     // The first MiB has gone to writeback (dirty → writeback/clean); the last 512 KiB waits for the next MiB.
+    // SYNC_FILE_RANGE_WRITE is best effort (WB_SYNC_NONE): ext4 may leave a page it cannot write just now dirty
+    // (1 of the 256 once, in a full suite run beside a fuzz run), so a few are allowed; without the kick all
+    // 256 would be.
     const firstMiB = dirtyPages(impl.fd, 0, MiB);
     if (firstMiB !== null) {
-      expect(firstMiB).toBe(0);
+      expect(firstMiB).toBeLessThanOrEqual(16);
       expect(dirtyPages(impl.fd, MiB, 512 * KiB)).toBeGreaterThan(0);
     }
     const back = new Uint8Array(1536 * KiB);
