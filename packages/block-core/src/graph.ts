@@ -108,7 +108,7 @@ export class Graph {
     return () => this.listeners.delete(listener);
   }
 
-  /** QMP-style events (JOB_STATUS_CHANGE, BLOCK_JOB_READY, BLOCK_IMAGE_CORRUPTED, ...; WARNING: see warn()). */
+  /** QMP-style events (JOB_STATUS_CHANGE, BLOCK_JOB_READY, BLOCK_IMAGE_CORRUPTED, ...; WARNING and MESSAGE: see warn(), message()). */
   emit(event: string, data: Record<string, unknown>): void {
     const ms = Date.now();
     const e: GraphEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
@@ -121,6 +121,14 @@ export class Graph {
    */
   warn(node: BlockNode, message: string, hint?: string): void {
     this.emit('WARNING', { 'node-name': node.nodeName, message, ...(hint === undefined ? {} : { hint }) });
+  }
+  /**
+   * A line QEMU's block layer writes to stderr itself with fprintf() (no program name, no "warning:"), such as
+   * qcow2_free_clusters()'s failure, as a `MESSAGE` event with data `{ 'node-name', text }`. A tool prints the
+   * text as it is, on a line of its own; a library need not print anything.
+   */
+  message(node: BlockNode, text: string): void {
+    this.emit('MESSAGE', { 'node-name': node.nodeName, text });
   }
 
 

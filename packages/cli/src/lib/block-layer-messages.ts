@@ -1,7 +1,8 @@
 /**
  * What QEMU's block layer prints itself in every tool, before the failing operation's own error:
  * qcow2_signal_corruption()'s line (error_report, no program prefix), from the graph's BLOCK_IMAGE_CORRUPTED
- * events, and warn_report()'s "blockgraph: warning: ..." lines, from its WARNING events (Graph.warn()).
+ * events, warn_report()'s "blockgraph: warning: ..." lines, from its WARNING events (Graph.warn()), and the lines
+ * it writes with a bare fprintf(stderr), from its MESSAGE events (Graph.message()).
  */
 import type { Graph, GraphEvent } from '@blockgraph/block-core';
 import type { Ctx } from './context.js';
@@ -9,6 +10,10 @@ import type { Ctx } from './context.js';
 /** Print each corruption event and warning of `graph` as QEMU does; returns the unsubscribe function. */
 export function printBlockLayerMessages(ctx: Ctx, graph: Graph): () => void {
   return graph.on((e: GraphEvent) => {
+    if (e.event === 'MESSAGE') {
+      ctx.err(`${String(e.data.text)}\n`);
+      return;
+    }
     if (e.event === 'WARNING') {
       ctx.warn(String(e.data.message));
       if (typeof e.data.hint === 'string') ctx.err(e.data.hint);

@@ -1,4 +1,4 @@
-import { BlockError, isZeroBuffer } from '@blockgraph/block-core';
+import { BlockError, isZeroBuffer, STRERROR, toBlockError, type BlockErrorCode } from '@blockgraph/block-core';
 import {
   ClusterType,
   QCOW_MAX_CLUSTER_OFFSET,
@@ -529,7 +529,9 @@ export async function allocBytes(s: Qcow2State, size: number): Promise<number> {
 }
 
 /**
- * qcow2_free_clusters(): drop one reference from every cluster touched. Failures leak (logged as a trace).
+ * qcow2_free_clusters(): drop one reference from every cluster touched. A failure leaks the clusters and is only
+ * reported, as QEMU's "qcow2_free_clusters failed: <strerror>" line; that includes EAGAIN, when the update had
+ * to allocate a refcount block (a damaged refcount table), which QEMU does not retry for a free.
  * `replacedInL2`: see {@link freeAnyCluster}.
  */
 export async function freeClusters(
@@ -539,11 +541,15 @@ export async function freeClusters(
   type: DiscardType,
   replacedInL2 = false,
 ): Promise<void> {
+  let code: BlockErrorCode;
   try {
-    await updateRefcount(s, offset, size, 1, true, type, replacedInL2);
+    if ((await updateRefcount(s, offset, size, 1, true, type, replacedInL2)) === 'ok') return;
+    code = 'EAGAIN';
   } catch (e) {
-    s.trace('free_clusters_failed', { offset, size, error: String(e) });
+    code = toBlockError(e).code;
   }
+  s.trace('free_clusters_failed', { offset, size, error: code });
+  s.graph.message(s.node, `qcow2_free_clusters failed: ${STRERROR[code]}`);
 }
 
 /**
