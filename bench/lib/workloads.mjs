@@ -199,22 +199,34 @@ export const WORKLOADS = [
     before: ['$OUT'],
     settle: true,
     caveat:
-      "the target is out of reach for a Node.js program on this machine. The writes alone rule it out: the kernel " +
-      "copies the 256 writes of 2 MiB into one file's page cache one at a time, 0.13-0.14 s of system time for " +
-      "either tool (strace -T), so Node.js start-up (`node -e 0`, 0.05-0.06 s) plus those writes already reach " +
-      "1.2x qemu-img's 0.15 s (0.18 s) before anything else is done. The node-floor row (only this convert's data I/O, in a bare script) reaches about " +
-      "0.7x. A quiet blockgraph run (0.35-0.37 s) is 0.13 s before the first data read (start-up, loading and " +
-      "compiling the modules, creating and opening both images) and 0.21-0.24 s of copying, in which the writer " +
-      "idles between in-order writes while the event loop finishes one and issues the next (0.26 ms median per 2 " +
-      "MiB chunk with -C, perf trace), on 2 cores that the reads, the writes and the main thread share. `convert " +
-      "-C` (copy offloading) is no faster: 0.38-0.41 s against qemu-img -C's 0.18-0.21 s.",
+      "the target is out of reach for a Node.js program on this machine. 1.2x qemu-img's time leaves a margin of " +
+      "0.2 x 0.15-0.16 s = 0.03 s, and Node.js start-up alone (`node -e 0`) takes 0.05-0.06 s. Nor can a Node.js " +
+      "program copy faster than qemu-img to make up for it: both are bound by the same kernel copies, the 256 " +
+      "writes of 2 MiB into one file's page cache, which the kernel serialises on the file's lock (perf trace: " +
+      "0.12 s of write calls for qemu-img, 0.13 s for blockgraph). The node-floor row, a bare script doing only " +
+      "this convert's data I/O the fastest way measured, stays at 0.75-0.8x. Where blockgraph's extra time goes " +
+      "(perf trace and timestamps, quiet machine): 0.06 s after Node.js's own start-up before the copy begins " +
+      "(loading and compiling the modules 0.03 s, loading the drivers 0.01 s, opening the source, creating and " +
+      "opening the target 0.02 s); then 0.23-0.29 s of copying against qemu-img's 0.16-0.18 s, almost all of it " +
+      "in the pauses between in-order writes: 0.27 ms median (0.12 s in all) from the end of one write to the " +
+      "start of the next, against qemu-img's 0.11 ms (0.04 s). Timestamps in the code put 0.13 ms of that in " +
+      "JavaScript (0.02 ms to finish one write and wake the next worker, 0.02 ms through the block layer, 0.08 " +
+      "ms for qcow2 to allocate 32 clusters and issue the write) and the rest in handing work between threads on " +
+      "2 cores that the reads and the writes also use; scanning the next buffer for zeroes before its turn " +
+      "instead of after did not shorten the pauses. Issuing each write as soon as the one " +
+      "before it had been issued (not finished) cut those pauses to 0.02 ms and the run to 0.33-0.37 s, but it is " +
+      "not in: the target's clusters must be allocated in guest order (as qemu-img's are), and a chunk that spans " +
+      "several L2 tables is allocated a piece at a time, so the next chunk's clusters could land between its " +
+      "pieces; nothing outside the driver can tell when a write's last piece has been allocated. `convert -C` (copy offloading) is no faster: 0.38-0.41 s against qemu-img -C's " +
+      "0.18-0.21 s.",
   },
   {
     id: 'convert-qcow2-1g-half-node-floor',
     title:
       "not blockgraph: the same convert's data I/O alone in a bare Node.js script (`bench/lib/node-copy-floor.cjs`: the 2 MiB " +
-      'preads and pwrites qemu-img makes, 8 in flight, no metadata, no zero scan; whole process) against qemu-img convert: ' +
-      'the best a convert written in Node.js could do here',
+      'preads qemu-img makes, 8 in flight, and its 2 MiB writes in order, each queued on the native helper\'s write ' +
+      'thread as soon as its turn comes; no metadata, no zero scan; whole process) against qemu-img convert: the best ' +
+      'a convert written in Node.js could do here',
     fixtures: ['QHALF1G'],
     qemu: ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '$QHALF1G', '$OUT'],
     oursCmd: ['node', 'bench/lib/node-copy-floor.cjs', '$QHALF1G', '$OUT'],
