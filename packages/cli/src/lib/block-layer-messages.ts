@@ -7,7 +7,7 @@
 import type { Graph, GraphEvent } from '@blockgraph/block-core';
 import type { Ctx } from './context.js';
 
-/** Print each corruption event and warning of `graph` as QEMU does; returns the unsubscribe function. */
+/** Print each corruption event, warning and message of `graph` as QEMU does; returns the unsubscribe function. */
 export function printBlockLayerMessages(ctx: Ctx, graph: Graph): () => void {
   return graph.on((e: GraphEvent) => {
     if (e.event === 'MESSAGE') {
