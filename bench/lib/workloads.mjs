@@ -204,7 +204,7 @@ export const WORKLOADS = [
       "program copy faster than qemu-img to make up for it: both are bound by the same kernel copies, the 256 " +
       "writes of 2 MiB into one file's page cache, which the kernel serialises on the file's lock (perf trace: " +
       "0.12 s of write calls for qemu-img, 0.13 s for blockgraph). The node-floor row, a bare script doing only " +
-      "this convert's data I/O the fastest way measured, stays at 0.75-0.8x. Where blockgraph's extra time goes " +
+      "this convert's data I/O the fastest way measured, stays at 0.64-0.79x (0.21-0.26 s). Where blockgraph's extra time goes " +
       "(perf trace and timestamps, quiet machine): 0.06 s after Node.js's own start-up before the copy begins " +
       "(loading and compiling the modules 0.03 s, loading the drivers 0.01 s, opening the source, creating and " +
       "opening the target 0.02 s); then 0.23-0.29 s of copying against qemu-img's 0.16-0.18 s, almost all of it " +
