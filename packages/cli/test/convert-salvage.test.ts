@@ -4,10 +4,10 @@
  * failing sector, which is then read as data. The sources are damaged qcow2 images: a compressed cluster whose
  * deflate stream is garbage, and an L1 entry with an unaligned L2 table offset.
  */
-import { closeSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { cachedSetup, expectSameOutput, must, normaliseStderr, qcow2Requirement, twin, type Twin } from './helpers.js';
+import { cachedSetup, expectSameOutput, must, normaliseStderr, qcow2Requirement, readU64, twin, writeU64, type Twin } from './helpers.js';
 
 const need = qcow2Requirement();
 
@@ -17,27 +17,15 @@ afterEach(() => {
   t = undefined;
 });
 
-function u64(fd: number, at: number): bigint {
-  const b = Buffer.alloc(8);
-  readSync(fd, b, 0, 8, at);
-  return b.readBigUInt64BE();
-}
-
-function putU64(fd: number, at: number, v: bigint): void {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(v);
-  writeSync(fd, b, 0, 8, at);
-}
-
 const images = cachedSetup((d) => {
   // 64 KiB clusters: data, a compressed cluster, data.
   must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'comp.qcow2'), '1M');
   must('qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 64k', '-c', 'write -c -P 2 64k 64k', '-c', 'write -P 3 128k 64k', join(d, 'comp.qcow2'));
   let fd = openSync(join(d, 'comp.qcow2'), 'r+');
-  const l1 = Number(u64(fd, 40));
-  const l2 = Number(u64(fd, l1) & 0x00fffffffffffe00n);
+  const l1 = Number(readU64(fd, 40));
+  const l2 = Number(readU64(fd, l1) & 0x00fffffffffffe00n);
   // Compressed descriptor (cluster_bits 16: the host offset is the low 54 bits); overwrite its data.
-  const host = Number(u64(fd, l2 + 8) & ((1n << 54n) - 1n));
+  const host = Number(readU64(fd, l2 + 8) & ((1n << 54n) - 1n));
   writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, host);
   closeSync(fd);
 
@@ -55,9 +43,9 @@ const images = cachedSetup((d) => {
   writeFileSync(join(d, 'four.raw'), raw);
   must('qemu-img', 'convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=2M', join(d, 'four.raw'), join(d, 'four.qcow2'));
   fd = openSync(join(d, 'four.qcow2'), 'r+');
-  const l2four = Number(u64(fd, Number(u64(fd, 40))) & 0x00fffffffffffe00n);
+  const l2four = Number(readU64(fd, Number(readU64(fd, 40))) & 0x00fffffffffffe00n);
   for (let i = 0; i < 4; i++) {
-    const entry = u64(fd, l2four + i * 8);
+    const entry = readU64(fd, l2four + i * 8);
     if (!(entry & (1n << 62n))) throw new Error(`cluster ${i} of four.qcow2 is not compressed`);
     // cluster_bits 21: the host offset is the low 70 - 21 = 49 bits.
     writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, Number(entry & ((1n << 49n) - 1n)));
@@ -67,8 +55,8 @@ const images = cachedSetup((d) => {
   must('qemu-img', 'create', '-q', '-f', 'qcow2', join(d, 'l1.qcow2'), '64k');
   must('qemu-io', '-f', 'qcow2', '-c', 'write -P 5 0 64k', join(d, 'l1.qcow2'));
   fd = openSync(join(d, 'l1.qcow2'), 'r+');
-  const l1b = Number(u64(fd, 40));
-  putU64(fd, l1b, u64(fd, l1b) | 0x200n);
+  const l1b = Number(readU64(fd, 40));
+  writeU64(fd, l1b, readU64(fd, l1b) | 0x200n);
   closeSync(fd);
 });
 

@@ -3,7 +3,7 @@
  * temporary directories, and the rule for missing tools (skip with a reason; fail when CI=true).
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -115,6 +115,60 @@ export function filterQemuIo(text: string): string {
     /[0-9]* ops; [0-9/:. sec]* \([0-9/.inf]* [EPTGMKiBbytes]*\/sec and [0-9/.inf]* ops\/sec\)/g,
     'X ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)',
   );
+}
+
+/** A big-endian 64-bit field of an image file (headers, table entries: for damaging images on purpose). */
+export function readU64(fd: number, at: number): bigint {
+  const b = Buffer.alloc(8);
+  readSync(fd, b, 0, 8, at);
+  return b.readBigUInt64BE();
+}
+
+export function writeU64(fd: number, at: number, v: bigint): void {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(v);
+  writeSync(fd, b, 0, 8, at);
+}
+
+type TempDir = ReturnType<typeof tempDir>;
+
+/**
+ * Twin directories, `q` for QEMU's tools and `b` for blockgraph, each built by `build` before the file's tests and
+ * removed after them: for a sequence of steps replayed on both (replayStep()).
+ */
+export function twinDirs(prefix: string, build: (dir: TempDir) => void): { q: TempDir; b: TempDir } {
+  const q = tempDir(`${prefix}-q`);
+  const b = tempDir(`${prefix}-b`);
+  beforeAll(() => {
+    build(q);
+    build(b);
+  });
+  afterAll(() => {
+    q.cleanup();
+    b.cleanup();
+  });
+  return { q, b };
+}
+
+/**
+ * One step on both twins: QEMU's `tool` in `q`, the same command of blockgraph in `b` (file names ending in
+ * .qcow2 taken in each directory). blockgraph must end as QEMU did (exit status, stdout, stderr in our form) and
+ * leave img.qcow2 byte-identical to QEMU's. The two results, for further checks.
+ */
+export async function replayStep(
+  twins: { q: TempDir; b: TempDir },
+  tool: 'qemu-img' | 'qemu-io',
+  args: readonly string[],
+): Promise<{ qr: RunResult; br: RunResult }> {
+  const { q, b } = twins;
+  const at = (d: string) => args.map((a) => (a.endsWith('.qcow2') ? join(d, a) : a));
+  const qr = run(tool, at(q.dir));
+  const br = await bg(...(tool === 'qemu-io' ? ['io'] : []), ...at(b.dir));
+  const norm = (text: string, d: string) => filterQemuIo(text.split(d).join('$DIR'));
+  expect({ status: br.status, stdout: norm(br.stdout, b.dir) }).toEqual({ status: qr.status, stdout: norm(qr.stdout, q.dir) });
+  expect(norm(br.stderr, b.dir)).toBe(normaliseStderr(norm(qr.stderr, q.dir), tool));
+  expect(readFileSync(b.path('img.qcow2')).equals(readFileSync(q.path('img.qcow2')))).toBe(true);
+  return { qr, br };
 }
 
 /** blockgraph (`b`) ended as QEMU's tool (`q`) did: same exit status and stdout, and QEMU's stderr in our form. */
